@@ -1,0 +1,99 @@
+//! The environment contract between `oxrun` (or another launcher) and the ranks it starts.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OXMPI_RANK` | this process's rank in the world communicator |
+//! | `OXMPI_SIZE` | number of ranks in the world |
+//! | `OXMPI_KVS` | `host:port` of the key-value service |
+//! | `OXMPI_SECRET` | the job secret, 64 hex digits |
+//! | `OXMPI_JOB` | the job id, used to name shared-memory segments |
+//! | `OXMPI_BOOT_TIMEOUT` | seconds to wait for wire-up (default 60) |
+//!
+//! A process started without `OXMPI_RANK` is a singleton: a world of one.
+
+use crate::{BootstrapError, Secret};
+use std::time::Duration;
+
+/// Variable names of the contract.
+pub const RANK: &str = "OXMPI_RANK";
+/// See the module table.
+pub const SIZE: &str = "OXMPI_SIZE";
+/// See the module table.
+pub const KVS: &str = "OXMPI_KVS";
+/// See the module table.
+pub const SECRET: &str = "OXMPI_SECRET";
+/// See the module table.
+pub const JOB: &str = "OXMPI_JOB";
+/// See the module table.
+pub const BOOT_TIMEOUT: &str = "OXMPI_BOOT_TIMEOUT";
+
+/// What a rank learns from its launcher.
+#[derive(Clone, Debug)]
+pub struct JobEnv {
+    /// This process's world rank.
+    pub rank: u32,
+    /// Number of ranks.
+    pub size: u32,
+    /// Address of the key-value service (`None` for a singleton).
+    pub kvs: Option<String>,
+    /// The job secret.
+    pub secret: Secret,
+    /// Job id (hex), unique per launch.
+    pub job: String,
+    /// Wire-up deadline.
+    pub boot_timeout: Duration,
+}
+
+impl JobEnv {
+    /// Reads the contract from the process environment; a singleton if `OXMPI_RANK` is unset.
+    pub fn from_env() -> Result<Self, BootstrapError> {
+        let get = |k: &str| std::env::var(k).ok();
+        let boot_timeout = match get(BOOT_TIMEOUT) {
+            Some(s) => Duration::from_secs_f64(
+                s.parse::<f64>()
+                    .map_err(|_| BootstrapError::BadEnv(format!("{BOOT_TIMEOUT}={s}")))?,
+            ),
+            None => Duration::from_secs(60),
+        };
+        let Some(rank) = get(RANK) else {
+            return Ok(Self::singleton());
+        };
+        let parse = |k: &str, v: Option<String>| -> Result<u32, BootstrapError> {
+            v.ok_or_else(|| BootstrapError::BadEnv(format!("{k} is not set")))?
+                .parse()
+                .map_err(|_| BootstrapError::BadEnv(format!("{k} is not a number")))
+        };
+        let rank = parse(RANK, Some(rank))?;
+        let size = parse(SIZE, get(SIZE))?;
+        if size == 0 || rank >= size {
+            return Err(BootstrapError::BadEnv(format!("rank {rank} with size {size}")));
+        }
+        let secret = Secret::from_hex(
+            &get(SECRET).ok_or_else(|| BootstrapError::BadEnv(format!("{SECRET} is not set")))?,
+        )?;
+        let kvs = get(KVS);
+        if size > 1 && kvs.is_none() {
+            return Err(BootstrapError::BadEnv(format!("{KVS} is not set")));
+        }
+        Ok(Self {
+            rank,
+            size,
+            kvs,
+            secret,
+            job: get(JOB).unwrap_or_else(|| format!("p{}", std::process::id())),
+            boot_timeout,
+        })
+    }
+
+    /// A world of one, as for a program started without a launcher.
+    pub fn singleton() -> Self {
+        Self {
+            rank: 0,
+            size: 1,
+            kvs: None,
+            secret: Secret::random(),
+            job: format!("s{}", std::process::id()),
+            boot_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The fabric layer: moves frames between ranks and exposes remote memory.
+//!
+//! Every backend fills the same contract, [`Fabric`]: send a frame (a fixed [`Header`] plus a
+//! payload) to a peer, report arrivals and completions through [`Fabric::poll`], and, where
+//! [`Caps::rma_read`] says so, read a peer's lent memory directly ([`Fabric::read`]). What a
+//! backend cannot do natively the protocol engine builds on the minimum (rendezvous over TCP
+//! becomes a receiver-driven pipeline of data frames).
+//!
+//! Backends: [`loopback`] (threads in one process, the test harness), [`shm`] (per-peer rings
+//! in a shared mapping, single-copy reads with `process_vm_readv`) and [`tcp`] (non-blocking
+//! sockets with epoll). [`router`] picks one per peer by locality.
+//!
+//! Back-pressure is a status ([`Sent::WouldBlock`]), never an error: the caller keeps the frame
+//! and tries again after polling.
+
+pub mod loopback;
+pub mod memory;
+pub mod router;
+pub mod shm;
+mod sys;
+pub mod tcp;
+pub mod wireup;
+
+pub use memory::{lend_scope, Lender, MemMut, MemRef};
+pub use router::Router;
+
+use std::time::Duration;
+
+/// Bytes in a frame header. The header's layout belongs to the protocol engine; the fabric
+/// carries it opaquely.
+pub const HEADER_LEN: usize = 48;
+
+/// A frame header, opaque to the fabric.
+pub type Header = [u8; HEADER_LEN];
+
+/// A rank in the world communicator.
+pub type Rank = u32;
+
+/// A handle on a peer's lent memory: what a rendezvous sender advertises so the receiver can
+/// read it with [`Fabric::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteKey {
+    /// Address in the owner's address space.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A small performance model, used to choose protocols and reported by `--fabric-info`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerfModel {
+    /// One-way latency of a small message, microseconds.
+    pub latency_us: f64,
+    /// Streaming bandwidth, GB/s.
+    pub bandwidth_gbs: f64,
+}
+
+/// What a backend offers, per peer; queried once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Caps {
+    /// Backend name (`loopback`, `shm`, `tcp`).
+    pub name: &'static str,
+    /// The peer's lent memory can be read with [`Fabric::read`].
+    pub rma_read: bool,
+    /// Largest payload of one frame.
+    pub max_payload: usize,
+    /// Largest message sent eagerly (default; the engine may be told otherwise).
+    pub eager_max: usize,
+    /// Messages at least this large use a remote read when `rma_read` holds; smaller
+    /// rendezvous messages use the pipelined protocol.
+    pub rndv_read_min: usize,
+    /// Chunk size for pipelined rendezvous data.
+    pub pipeline_chunk: usize,
+    /// Performance model.
+    pub model: PerfModel,
+}
+
+/// Outcome of [`Fabric::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Sent {
+    /// The frame is the fabric's: the caller's payload may be reused.
+    Done,
+    /// No room now: keep the frame, poll, and try again.
+    WouldBlock,
+}
+
+/// What [`Fabric::poll`] reports.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A frame arrived from `peer`. `payload` is valid only during the callback.
+    Frame {
+        /// Sender.
+        peer: Rank,
+        /// Its header.
+        header: &'a Header,
+        /// Its payload.
+        payload: &'a [u8],
+    },
+}
+
+/// Fabric failures.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FabricError {
+    /// The connection to a peer is gone (the peer died or closed it).
+    PeerLost {
+        /// Which peer.
+        peer: Rank,
+        /// What was observed.
+        why: String,
+    },
+    /// A peer sent something that is not a valid frame; its connection was closed.
+    BadFrame {
+        /// Which peer.
+        peer: Rank,
+        /// What was wrong.
+        why: String,
+    },
+    /// A remote read failed.
+    Rma(String),
+    /// Setting the fabric up failed.
+    Setup(String),
+    /// Any other operating-system error.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for FabricError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PeerLost { peer, why } => write!(f, "lost rank {peer}: {why}"),
+            Self::BadFrame { peer, why } => write!(f, "bad frame from rank {peer}: {why}"),
+            Self::Rma(m) => write!(f, "remote read failed: {m}"),
+            Self::Setup(m) => write!(f, "fabric setup: {m}"),
+            Self::Io(e) => write!(f, "fabric I/O: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FabricError {}
+
+impl From<std::io::Error> for FabricError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<oxmpi_bootstrap::BootstrapError> for FabricError {
+    fn from(e: oxmpi_bootstrap::BootstrapError) -> Self {
+        Self::Setup(e.to_string())
+    }
+}
+
+/// The contract every backend fills.
+pub trait Fabric: Send {
+    /// This rank.
+    fn rank(&self) -> Rank;
+    /// Number of ranks.
+    fn size(&self) -> u32;
+    /// Capabilities and limits towards `peer` (the same object on every call).
+    fn caps(&self, peer: Rank) -> &Caps;
+    /// Sends one frame. `payload.len()` must not exceed `caps(peer).max_payload`.
+    fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError>;
+    /// Reads `dst.len()` bytes of `peer`'s lent memory at `remote.addr + offset` into `dst`.
+    /// Completes before returning. Only where `caps(peer).rma_read`.
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError>;
+    /// Reports arrivals through `on`; returns how many events it reported.
+    fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError>;
+    /// Blocks until something may have arrived or `timeout` passed (spurious wake-ups allowed).
+    fn wait(&mut self, timeout: Duration);
+    /// The key a peer uses to read `mem` (for `rma_read` backends).
+    fn remote_key(&self, mem: &MemRef) -> RemoteKey {
+        let b = mem.bytes();
+        RemoteKey { addr: b.as_ptr() as u64, len: b.len() as u64 }
+    }
+}
