@@ -152,7 +152,7 @@ impl From<oxmpi_bootstrap::BootstrapError> for FabricError {
 }
 
 /// The contract every backend fills.
-pub trait Fabric: Send {
+pub trait Fabric {
     /// This rank.
     fn rank(&self) -> Rank;
     /// Number of ranks.

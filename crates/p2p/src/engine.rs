@@ -1,0 +1,828 @@
+//! Requests and the protocol state machines.
+//!
+//! Sends: `eager` (one frame, complete once the fabric took it; with an ACK in synchronous
+//! mode), `rndv/pipeline` (RTS, then DATA chunks after the receiver's CTS) and `rndv/read` (RTS
+//! with the data's address, the receiver reads it and answers FIN). Receives match against the
+//! unexpected queue when posted, or are matched by arrivals. Matching frames (EAGER, RTS) carry
+//! a per-peer sequence number, so a fabric that reorders them cannot break MPI's
+//! non-overtaking rule: early arrivals wait until their predecessors are processed.
+//!
+//! Outputs are queued per peer and handed to the fabric by [`Engine::progress_tx`]; a peer
+//! whose fabric reports back-pressure keeps its queue while the others proceed.
+
+use crate::frame::{FrameHeader, Kind, FLAG_RMA, FLAG_SYNC};
+use crate::matching::{Body, Posted, Queues, Unexpected};
+use crate::protocol::{Protocol, ProtocolConfig};
+use crate::{P2pError, Status, ANY_SOURCE};
+use oxmpi_fabric::{Fabric, FabricError, Header, MemMut, MemRef, Rank, RemoteKey, Sent};
+use std::collections::VecDeque;
+
+/// A request handle: slot index in the low 32 bits, slot generation in the high 32.
+pub type ReqId = u64;
+
+/// Send modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendMode {
+    /// Standard mode (`MPI_Send`): may complete before the receive is posted.
+    Standard,
+    /// Synchronous mode (`MPI_Ssend`): completes only once a receive has matched.
+    Synchronous,
+}
+
+/// The outcome of a finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// Status (for sends: destination, tag and length).
+    pub status: Status,
+    /// Success or the request's error.
+    pub result: Result<(), P2pError>,
+    /// For receives into an engine-allocated buffer: the message.
+    pub data: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    Queued,
+    AwaitAck,
+    AwaitCts,
+    Streaming,
+    AwaitFin,
+}
+
+#[derive(Debug)]
+struct SendReq {
+    dest: Rank,
+    ctx: u32,
+    tag: i32,
+    seq: u32,
+    len: u64,
+    data: Option<MemRef>,
+    proto: Protocol,
+    sync: bool,
+    state: SendState,
+    rreq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    Posted,
+    /// Matched an RTS; data frames are arriving from `peer`.
+    Pipeline,
+    /// Matched an RTS with a remote key; a read is queued.
+    Read { sreq: u64, addr: u64 },
+}
+
+#[derive(Debug)]
+struct RecvReq {
+    ctx: u32,
+    src: i32,
+    /// `None` until matched when the engine allocates the buffer.
+    buf: Option<MemMut>,
+    alloc: bool,
+    state: RecvState,
+    peer: Rank,
+    msg_tag: i32,
+    len: u64,
+    got: u64,
+}
+
+#[derive(Debug)]
+enum SlotState {
+    Free,
+    Send(SendReq),
+    Recv(RecvReq),
+    Done(Completion),
+}
+
+#[derive(Debug)]
+struct Slot {
+    gen: u32,
+    detached: bool,
+    state: SlotState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Tx {
+    Eager(ReqId),
+    Rts(ReqId),
+    Data(ReqId, u64),
+    Cts { sreq: u64, rreq: u64 },
+    Fin { sreq: u64 },
+    Ack { sreq: u64 },
+}
+
+#[derive(Debug)]
+struct Held {
+    header: FrameHeader,
+    payload: Vec<u8>,
+}
+
+/// The protocol engine of one rank.
+#[derive(Debug)]
+pub struct Engine {
+    rank: Rank,
+    size: u32,
+    config: Vec<ProtocolConfig>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    ctxs: Vec<Queues>,
+    send_seq: Vec<u32>,
+    recv_seq: Vec<u32>,
+    held: Vec<Vec<Held>>,
+    txq: Vec<VecDeque<Tx>>,
+    tx_active: Vec<Rank>,
+    reads: VecDeque<ReqId>,
+    dead: Vec<Option<String>>,
+    pool: Vec<Vec<u8>>,
+    protocol_errors: u64,
+}
+
+const POOL_MAX: usize = 256;
+
+impl Engine {
+    /// An engine for `rank` of `size`, with the protocol thresholds towards each peer.
+    pub fn new(rank: Rank, size: u32, config: Vec<ProtocolConfig>) -> Self {
+        assert_eq!(config.len(), size as usize);
+        let n = size as usize;
+        Self {
+            rank,
+            size,
+            config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            ctxs: Vec::new(),
+            send_seq: vec![0; n],
+            recv_seq: vec![0; n],
+            held: (0..n).map(|_| Vec::new()).collect(),
+            txq: (0..n).map(|_| VecDeque::new()).collect(),
+            tx_active: Vec::new(),
+            reads: VecDeque::new(),
+            dead: vec![None; n],
+            pool: Vec::new(),
+            protocol_errors: 0,
+        }
+    }
+
+    /// An engine whose thresholds come from `fabric`'s capabilities (and the environment).
+    pub fn for_fabric(fabric: &dyn Fabric) -> Self {
+        let config = (0..fabric.size()).map(|p| ProtocolConfig::from_caps(fabric.caps(p))).collect();
+        Self::new(fabric.rank(), fabric.size(), config)
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The thresholds towards `peer`.
+    pub fn config(&self, peer: Rank) -> &ProtocolConfig {
+        &self.config[peer as usize]
+    }
+
+    /// Frames the engine dropped as malformed or unexpected.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors
+    }
+
+    // ----- request slots -----
+
+    fn alloc(&mut self, state: SlotState) -> ReqId {
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].state = state;
+                i
+            }
+            None => {
+                self.slots.push(Slot { gen: 1, detached: false, state });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        ((self.slots[idx as usize].gen as u64) << 32) | idx as u64
+    }
+
+    fn slot(&self, id: ReqId) -> Option<&Slot> {
+        let s = self.slots.get((id & 0xffff_ffff) as usize)?;
+        (s.gen == (id >> 32) as u32 && !matches!(s.state, SlotState::Free)).then_some(s)
+    }
+
+    fn slot_mut(&mut self, id: ReqId) -> Option<&mut Slot> {
+        let s = self.slots.get_mut((id & 0xffff_ffff) as usize)?;
+        (s.gen == (id >> 32) as u32 && !matches!(s.state, SlotState::Free)).then_some(s)
+    }
+
+    fn release(&mut self, id: ReqId) {
+        let idx = (id & 0xffff_ffff) as u32;
+        let s = &mut self.slots[idx as usize];
+        s.state = SlotState::Free;
+        s.gen = s.gen.wrapping_add(1).max(1);
+        s.detached = false;
+        self.free.push(idx);
+    }
+
+    fn send_req(&mut self, id: ReqId) -> Option<&mut SendReq> {
+        match &mut self.slot_mut(id)?.state {
+            SlotState::Send(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn recv_req(&mut self, id: ReqId) -> Option<&mut RecvReq> {
+        match &mut self.slot_mut(id)?.state {
+            SlotState::Recv(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn complete(&mut self, id: ReqId, status: Status, result: Result<(), P2pError>) {
+        let Some(slot) = self.slot_mut(id) else { return };
+        let data = match std::mem::replace(&mut slot.state, SlotState::Free) {
+            // Lent buffers go back to their scope now; owned ones travel with the completion.
+            SlotState::Recv(r) => r.buf.and_then(MemMut::into_vec).filter(|_| r.alloc),
+            _ => None,
+        };
+        slot.state = SlotState::Done(Completion { status, result, data });
+        if slot.detached {
+            self.release(id);
+        }
+    }
+
+    /// Whether `id` has completed.
+    pub fn is_done(&self, id: ReqId) -> bool {
+        self.slot(id).is_some_and(|s| matches!(s.state, SlotState::Done(_)))
+    }
+
+    /// Takes a completed request's outcome and frees it; `None` while it is in flight.
+    pub fn take(&mut self, id: ReqId) -> Option<Completion> {
+        let slot = self.slot_mut(id)?;
+        if !matches!(slot.state, SlotState::Done(_)) {
+            return None;
+        }
+        let SlotState::Done(c) = std::mem::replace(&mut slot.state, SlotState::Free) else {
+            unreachable!()
+        };
+        self.release(id);
+        Some(c)
+    }
+
+    /// The caller no longer wants `id`'s outcome: free it now or when it completes.
+    pub fn detach(&mut self, id: ReqId) {
+        if self.take(id).is_none() {
+            if let Some(s) = self.slot_mut(id) {
+                s.detached = true;
+            }
+        }
+    }
+
+    /// Requests not yet completed (in-flight work).
+    pub fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Send(_) | SlotState::Recv(_)))
+            .count()
+    }
+
+    fn queues(&mut self, ctx: u32) -> &mut Queues {
+        let i = ctx as usize;
+        if self.ctxs.len() <= i {
+            self.ctxs.resize_with(i + 1, Queues::default);
+        }
+        &mut self.ctxs[i]
+    }
+
+    fn push_tx(&mut self, peer: Rank, tx: Tx) {
+        let q = &mut self.txq[peer as usize];
+        if q.is_empty() {
+            self.tx_active.push(peer);
+        }
+        q.push_back(tx);
+    }
+
+    fn pooled_copy(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn recycle(&mut self, v: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && v.capacity() <= 1 << 20 {
+            self.pool.push(v);
+        }
+    }
+
+    // ----- operations -----
+
+    /// Starts a send of `data` to `dest` (`MPI_Isend` / `MPI_Issend`).
+    pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
+        let len = data.len() as u64;
+        let sync = mode == SendMode::Synchronous;
+        let status = Status { source: dest, tag, bytes: len };
+        if dest == self.rank {
+            return self.isend_self(ctx, tag, data, sync);
+        }
+        let proto = self.config[dest as usize].select(data.len());
+        let seq = self.send_seq[dest as usize];
+        self.send_seq[dest as usize] = seq.wrapping_add(1);
+        let id = self.alloc(SlotState::Send(SendReq {
+            dest,
+            ctx,
+            tag,
+            seq,
+            len,
+            data: Some(data),
+            proto,
+            sync,
+            state: SendState::Queued,
+            rreq: 0,
+        }));
+        if let Some(why) = &self.dead[dest as usize] {
+            let why = why.clone();
+            self.complete(id, status, Err(P2pError::PeerLost { rank: dest, why }));
+            return id;
+        }
+        let tx = if proto == Protocol::Eager { Tx::Eager(id) } else { Tx::Rts(id) };
+        self.push_tx(dest, tx);
+        id
+    }
+
+    fn isend_self(&mut self, ctx: u32, tag: i32, data: MemRef, sync: bool) -> ReqId {
+        let me = self.rank;
+        let len = data.len() as u64;
+        let status = Status { source: me, tag, bytes: len };
+        if let Some(p) = self.queues(ctx).take_posted(me, tag) {
+            self.deliver_bytes(p.id, me, tag, data.bytes());
+            let id = self.alloc(SlotState::Done(Completion { status, result: Ok(()), data: None }));
+            return id;
+        }
+        if !sync && data.len() <= self.config[me as usize].eager_max {
+            let copy = self.pooled_copy(data.bytes());
+            self.queues(ctx).push_unexpected(Unexpected {
+                src: me,
+                tag,
+                len,
+                body: Body::Eager { data: copy, sync_req: None },
+            });
+            return self.alloc(SlotState::Done(Completion { status, result: Ok(()), data: None }));
+        }
+        let id = self.alloc(SlotState::Send(SendReq {
+            dest: me,
+            ctx,
+            tag,
+            seq: 0,
+            len,
+            data: Some(data),
+            proto: Protocol::RndvPipeline,
+            sync,
+            state: SendState::AwaitFin,
+            rreq: 0,
+        }));
+        self.queues(ctx).push_unexpected(Unexpected { src: me, tag, len, body: Body::SelfSend { sreq: id } });
+        id
+    }
+
+    /// Starts a receive (`MPI_Irecv`). `buf = None` receives into a buffer the engine
+    /// allocates to the message's size (returned in [`Completion::data`]).
+    pub fn irecv(&mut self, ctx: u32, src: i32, tag: i32, buf: Option<MemMut>) -> ReqId {
+        let alloc = buf.is_none();
+        let id = self.alloc(SlotState::Recv(RecvReq {
+            ctx,
+            src,
+            buf,
+            alloc,
+            state: RecvState::Posted,
+            peer: 0,
+            msg_tag: 0,
+            len: 0,
+            got: 0,
+        }));
+        if src != ANY_SOURCE {
+            if let Some(why) = self.dead.get(src as usize).cloned().flatten() {
+                // Messages that arrived before the loss can still be received.
+                if self.queues(ctx).peek_unexpected(src, tag).is_none() {
+                    let st = Status { source: src as u32, tag, bytes: 0 };
+                    self.complete(id, st, Err(P2pError::PeerLost { rank: src as u32, why }));
+                    return id;
+                }
+            }
+        }
+        match self.queues(ctx).take_unexpected(src, tag) {
+            Some(u) => self.match_unexpected(id, u),
+            None => self.queues(ctx).post(Posted { id, src, tag }),
+        }
+        id
+    }
+
+    /// Checks for a matching message without receiving it (`MPI_Iprobe`).
+    pub fn iprobe(&mut self, ctx: u32, src: i32, tag: i32) -> Option<Status> {
+        self.queues(ctx)
+            .peek_unexpected(src, tag)
+            .map(|u| Status { source: u.src, tag: u.tag, bytes: u.len })
+    }
+
+    /// Copies an eager message into matched receive `rid` and completes it.
+    fn deliver_bytes(&mut self, rid: ReqId, src: Rank, tag: i32, bytes: &[u8]) {
+        let Some(r) = self.recv_req(rid) else { return };
+        let len = bytes.len() as u64;
+        let status = Status { source: src, tag, bytes: len };
+        if r.alloc {
+            let v = bytes.to_vec();
+            let Some(slot) = self.slot_mut(rid) else { return };
+            slot.state = SlotState::Done(Completion { status, result: Ok(()), data: Some(v) });
+            if slot.detached {
+                self.release(rid);
+            }
+            return;
+        }
+        let buf = r.buf.as_mut().expect("lent receive buffer");
+        let cap = buf.len();
+        let n = cap.min(bytes.len());
+        buf.bytes_mut()[..n].copy_from_slice(&bytes[..n]);
+        let result = if bytes.len() > cap {
+            Err(P2pError::Truncated { source: src, tag, len, capacity: cap as u64 })
+        } else {
+            Ok(())
+        };
+        self.complete(rid, status, result);
+    }
+
+    fn match_unexpected(&mut self, rid: ReqId, u: Unexpected) {
+        match u.body {
+            Body::Eager { data, sync_req } => {
+                self.deliver_bytes(rid, u.src, u.tag, &data);
+                self.recycle(data);
+                if let Some(sreq) = sync_req {
+                    self.push_tx(u.src, Tx::Ack { sreq });
+                }
+            }
+            Body::Rts { sreq, addr } => self.start_rndv_recv(rid, u.src, u.tag, u.len, sreq, addr),
+            Body::SelfSend { sreq } => {
+                let data = self.send_req(sreq).and_then(|s| s.data.take());
+                if let Some(data) = data {
+                    self.deliver_bytes(rid, u.src, u.tag, data.bytes());
+                }
+                let st = Status { source: self.rank, tag: u.tag, bytes: u.len };
+                self.complete(sreq, st, Ok(()));
+            }
+        }
+    }
+
+    fn start_rndv_recv(&mut self, rid: ReqId, src: Rank, tag: i32, len: u64, sreq: u64, addr: Option<u64>) {
+        let Some(r) = self.recv_req(rid) else { return };
+        if r.alloc {
+            r.buf = Some(MemMut::alloc(len as usize));
+        }
+        r.peer = src;
+        r.msg_tag = tag;
+        r.len = len;
+        r.got = 0;
+        match addr {
+            Some(addr) => {
+                r.state = RecvState::Read { sreq, addr };
+                self.reads.push_back(rid);
+            }
+            None => {
+                r.state = RecvState::Pipeline;
+                self.push_tx(src, Tx::Cts { sreq, rreq: rid });
+            }
+        }
+    }
+
+    fn finish_rndv_recv(&mut self, rid: ReqId) {
+        let Some(r) = self.recv_req(rid) else { return };
+        let cap = r.buf.as_ref().map_or(0, MemMut::len) as u64;
+        let (src, tag, len) = (r.peer, r.msg_tag, r.len);
+        let result = if len > cap {
+            Err(P2pError::Truncated { source: src, tag, len, capacity: cap })
+        } else {
+            Ok(())
+        };
+        self.complete(rid, Status { source: src, tag, bytes: len }, result);
+    }
+
+    // ----- arrivals -----
+
+    fn bad_frame(&mut self, peer: Rank, why: impl std::fmt::Display) {
+        self.protocol_errors += 1;
+        if self.protocol_errors <= 10 {
+            eprintln!("oxmpi: rank {}: dropped a bad frame from rank {peer}: {why}", self.rank);
+        }
+    }
+
+    /// Processes a frame that arrived from `peer`.
+    pub fn handle_frame(&mut self, peer: Rank, header: &Header, payload: &[u8]) {
+        let h = match FrameHeader::decode(header) {
+            Ok(h) => h,
+            Err(e) => return self.bad_frame(peer, e),
+        };
+        if h.src != peer || peer >= self.size || peer == self.rank {
+            return self.bad_frame(peer, format!("claims to come from rank {}", h.src));
+        }
+        match h.kind {
+            Kind::Eager | Kind::Rts => {
+                if h.kind == Kind::Eager && h.len != payload.len() as u64 {
+                    return self.bad_frame(peer, "eager length does not match its payload");
+                }
+                let expected = self.recv_seq[peer as usize];
+                let ahead = h.seq.wrapping_sub(expected) as i32;
+                if ahead == 0 {
+                    self.accept_matching(peer, &h, payload);
+                    self.release_held(peer);
+                } else if ahead > 0 {
+                    self.held[peer as usize].push(Held { header: h, payload: payload.to_vec() });
+                } else {
+                    self.bad_frame(peer, format!("duplicate sequence number {}", h.seq));
+                }
+            }
+            Kind::Cts => self.on_cts(peer, h.req, h.arg),
+            Kind::Data => self.on_data(peer, &h, payload),
+            Kind::Fin | Kind::Ack => self.on_send_done(peer, h.req, h.kind),
+        }
+    }
+
+    fn release_held(&mut self, peer: Rank) {
+        while !self.held[peer as usize].is_empty() {
+            let expected = self.recv_seq[peer as usize];
+            let Some(i) = self.held[peer as usize].iter().position(|f| f.header.seq == expected) else {
+                return;
+            };
+            let f = self.held[peer as usize].swap_remove(i);
+            self.accept_matching(peer, &f.header, &f.payload);
+        }
+    }
+
+    fn accept_matching(&mut self, peer: Rank, h: &FrameHeader, payload: &[u8]) {
+        self.recv_seq[peer as usize] = h.seq.wrapping_add(1);
+        let sync = h.flags & FLAG_SYNC != 0;
+        match self.queues(h.ctx).take_posted(peer, h.tag) {
+            Some(p) => match h.kind {
+                Kind::Eager => {
+                    self.deliver_bytes(p.id, peer, h.tag, payload);
+                    if sync {
+                        self.push_tx(peer, Tx::Ack { sreq: h.req });
+                    }
+                }
+                _ => {
+                    let addr = (h.flags & FLAG_RMA != 0).then_some(h.arg);
+                    self.start_rndv_recv(p.id, peer, h.tag, h.len, h.req, addr)
+                }
+            },
+            None => {
+                let body = match h.kind {
+                    Kind::Eager => Body::Eager {
+                        data: self.pooled_copy(payload),
+                        sync_req: sync.then_some(h.req),
+                    },
+                    _ => Body::Rts { sreq: h.req, addr: (h.flags & FLAG_RMA != 0).then_some(h.arg) },
+                };
+                self.queues(h.ctx).push_unexpected(Unexpected { src: peer, tag: h.tag, len: h.len, body });
+            }
+        }
+    }
+
+    fn on_cts(&mut self, peer: Rank, sreq: u64, rreq: u64) {
+        match self.send_req(sreq) {
+            Some(s) if s.dest == peer && s.state == SendState::AwaitCts => {
+                s.state = SendState::Streaming;
+                s.rreq = rreq;
+                self.push_tx(peer, Tx::Data(sreq, 0));
+            }
+            _ => self.bad_frame(peer, format!("CTS for unknown send {sreq:#x}")),
+        }
+    }
+
+    fn on_data(&mut self, peer: Rank, h: &FrameHeader, payload: &[u8]) {
+        let rid = h.req;
+        let Some(r) = self.recv_req(rid) else {
+            return self.bad_frame(peer, format!("DATA for unknown receive {rid:#x}"));
+        };
+        if r.state != RecvState::Pipeline || r.peer != peer || h.arg + payload.len() as u64 > r.len {
+            return self.bad_frame(peer, "DATA outside its rendezvous");
+        }
+        let buf = r.buf.as_mut().expect("matched receive has a buffer");
+        let cap = buf.len() as u64;
+        if h.arg < cap {
+            let n = (cap - h.arg).min(payload.len() as u64) as usize;
+            let off = h.arg as usize;
+            buf.bytes_mut()[off..off + n].copy_from_slice(&payload[..n]);
+        }
+        r.got += payload.len() as u64;
+        if r.got == r.len {
+            self.finish_rndv_recv(rid);
+        }
+    }
+
+    fn on_send_done(&mut self, peer: Rank, sreq: u64, kind: Kind) {
+        let expect = if kind == Kind::Fin { SendState::AwaitFin } else { SendState::AwaitAck };
+        match self.send_req(sreq) {
+            Some(s) if s.dest == peer && s.state == expect => {
+                let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                self.complete(sreq, st, Ok(()));
+            }
+            _ => self.bad_frame(peer, format!("{kind:?} for unknown send {sreq:#x}")),
+        }
+    }
+
+    // ----- output -----
+
+    /// Hands queued frames and reads to `fabric`. Fabric failures fail the requests of the
+    /// peer involved (see [`Engine::fail_peer`]) and are returned after the rest progressed.
+    pub fn progress_tx(&mut self, fabric: &mut dyn Fabric) -> Result<(), FabricError> {
+        let mut first_err = None;
+        while let Some(rid) = self.reads.pop_front() {
+            if let Err(e) = self.do_read(fabric, rid) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut i = 0;
+        while i < self.tx_active.len() {
+            let peer = self.tx_active[i];
+            match self.drain_peer(fabric, peer) {
+                Ok(()) => {}
+                Err(e) => {
+                    let why = e.to_string();
+                    self.fail_peer(peer, &why);
+                    first_err.get_or_insert(e);
+                }
+            }
+            if self.txq[peer as usize].is_empty() {
+                self.tx_active.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn do_read(&mut self, fabric: &mut dyn Fabric, rid: ReqId) -> Result<(), FabricError> {
+        let Some(r) = self.recv_req(rid) else { return Ok(()) };
+        let RecvState::Read { sreq, addr } = r.state else { return Ok(()) };
+        let peer = r.peer;
+        let buf = r.buf.as_mut().expect("matched receive has a buffer");
+        let n = (buf.len() as u64).min(r.len) as usize;
+        let key = RemoteKey { addr, len: r.len };
+        match fabric.read(peer, key, 0, &mut buf.bytes_mut()[..n]) {
+            Ok(()) => {
+                self.push_tx(peer, Tx::Fin { sreq });
+                self.finish_rndv_recv(rid);
+                Ok(())
+            }
+            Err(FabricError::Rma(why)) => {
+                // Fall back to the pipeline: ask the sender to stream it.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| eprintln!("oxmpi: remote read failed ({why}); using the pipelined protocol"));
+                r.state = RecvState::Pipeline;
+                self.push_tx(peer, Tx::Cts { sreq, rreq: rid });
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn drain_peer(&mut self, fabric: &mut dyn Fabric, peer: Rank) -> Result<(), FabricError> {
+        while let Some(&tx) = self.txq[peer as usize].front() {
+            let mut next = None;
+            let sent = match tx {
+                Tx::Eager(id) | Tx::Rts(id) => {
+                    let me = self.rank;
+                    let Some(s) = self.send_req(id) else {
+                        self.txq[peer as usize].pop_front();
+                        continue;
+                    };
+                    let eager = matches!(tx, Tx::Eager(_));
+                    let data = s.data.as_ref().expect("queued send has data");
+                    let read = s.proto == Protocol::RndvRead;
+                    let h = FrameHeader {
+                        kind: if eager { Kind::Eager } else { Kind::Rts },
+                        flags: if eager && s.sync { FLAG_SYNC } else { 0 } | if read { FLAG_RMA } else { 0 },
+                        ctx: s.ctx,
+                        src: me,
+                        tag: s.tag,
+                        seq: s.seq,
+                        len: s.len,
+                        req: id,
+                        arg: if read { fabric.remote_key(data).addr } else { 0 },
+                    };
+                    let payload = if eager { data.bytes() } else { &[][..] };
+                    let sent = fabric.send(peer, &h.encode(), payload)?;
+                    if sent == Sent::Done {
+                        let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                        if !eager {
+                            s.state = if read { SendState::AwaitFin } else { SendState::AwaitCts };
+                        } else if s.sync {
+                            s.state = SendState::AwaitAck;
+                            s.data = None;
+                        } else {
+                            self.complete(id, st, Ok(()));
+                        }
+                    }
+                    sent
+                }
+                Tx::Data(id, off) => {
+                    let me = self.rank;
+                    let chunk = self.config[peer as usize].chunk as u64;
+                    let Some(s) = self.send_req(id) else {
+                        self.txq[peer as usize].pop_front();
+                        continue;
+                    };
+                    let n = chunk.min(s.len - off);
+                    let data = s.data.as_ref().expect("streaming send has data");
+                    let h = FrameHeader {
+                        kind: Kind::Data,
+                        flags: 0,
+                        ctx: s.ctx,
+                        src: me,
+                        tag: s.tag,
+                        seq: 0,
+                        len: s.len,
+                        req: s.rreq,
+                        arg: off,
+                    };
+                    let sent =
+                        fabric.send(peer, &h.encode(), &data.bytes()[off as usize..(off + n) as usize])?;
+                    if sent == Sent::Done {
+                        if off + n < s.len {
+                            next = Some(Tx::Data(id, off + n));
+                        } else {
+                            let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                            self.complete(id, st, Ok(()));
+                        }
+                    }
+                    sent
+                }
+                Tx::Cts { sreq, rreq } => self.send_control(fabric, peer, Kind::Cts, sreq, rreq)?,
+                Tx::Fin { sreq } => self.send_control(fabric, peer, Kind::Fin, sreq, 0)?,
+                Tx::Ack { sreq } => self.send_control(fabric, peer, Kind::Ack, sreq, 0)?,
+            };
+            if sent == Sent::WouldBlock {
+                return Ok(());
+            }
+            self.txq[peer as usize].pop_front();
+            if let Some(n) = next {
+                self.txq[peer as usize].push_back(n);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_control(
+        &mut self,
+        fabric: &mut dyn Fabric,
+        peer: Rank,
+        kind: Kind,
+        req: u64,
+        arg: u64,
+    ) -> Result<Sent, FabricError> {
+        let h = FrameHeader { kind, flags: 0, ctx: 0, src: self.rank, tag: 0, seq: 0, len: 0, req, arg };
+        fabric.send(peer, &h.encode(), &[])
+    }
+
+    /// Whether there are frames or reads waiting for the fabric.
+    pub fn has_tx(&self) -> bool {
+        !self.tx_active.is_empty() || !self.reads.is_empty()
+    }
+
+    /// Fails every request that depends on `peer`, and all later ones, with `PeerLost`.
+    pub fn fail_peer(&mut self, peer: Rank, why: &str) {
+        if self.dead[peer as usize].is_some() {
+            return;
+        }
+        self.dead[peer as usize] = Some(why.to_string());
+        self.txq[peer as usize].clear();
+        self.held[peer as usize].clear();
+        let lost = || P2pError::PeerLost { rank: peer, why: why.to_string() };
+        let mut victims = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            let id = ((s.gen as u64) << 32) | i as u64;
+            match &s.state {
+                SlotState::Send(r) if r.dest == peer => victims.push((id, None)),
+                SlotState::Recv(r) if r.state != RecvState::Posted && r.peer == peer => {
+                    victims.push((id, Some(r.ctx)))
+                }
+                SlotState::Recv(r) if r.state == RecvState::Posted && r.src == peer as i32 => {
+                    victims.push((id, Some(r.ctx)))
+                }
+                _ => {}
+            }
+        }
+        for (id, ctx) in victims {
+            if let Some(ctx) = ctx {
+                self.queues(ctx).remove_posted(id);
+            }
+            self.complete(id, Status { source: peer, tag: 0, bytes: 0 }, Err(lost()));
+        }
+    }
+
+    /// The bytes of a lent send buffer at `addr` (for simulated fabrics that serve remote
+    /// reads without shared address spaces).
+    pub fn lent_bytes(&self, addr: u64) -> Option<&[u8]> {
+        self.slots.iter().find_map(|s| match &s.state {
+            SlotState::Send(r) => r.data.as_ref().filter(|d| d.bytes().as_ptr() as u64 == addr).map(MemRef::bytes),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! Protocol selection: each message goes `eager`, `rndv/pipeline` or `rndv/read`, chosen by
+//! its size against per-peer thresholds taken from the fabric's capabilities and overridable
+//! with `OXMPI_EAGER_MAX` and `OXMPI_RNDV_READ_MIN` (sizes accept `k`/`m` suffixes).
+
+use oxmpi_fabric::Caps;
+
+/// A point-to-point protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Header and payload in one frame; completes locally.
+    Eager,
+    /// Request-to-send, then the receiver asks for the data to be streamed in chunks.
+    RndvPipeline,
+    /// Request-to-send carrying a remote key; the receiver reads the data itself.
+    RndvRead,
+}
+
+impl Protocol {
+    /// The name printed by `--fabric-info`-style reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eager => "eager",
+            Self::RndvPipeline => "rndv/pipeline",
+            Self::RndvRead => "rndv/read",
+        }
+    }
+}
+
+/// Thresholds towards one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtocolConfig {
+    /// Largest eager message.
+    pub eager_max: usize,
+    /// Smallest message read remotely (`usize::MAX`: never).
+    pub read_min: usize,
+    /// Pipeline chunk size.
+    pub chunk: usize,
+}
+
+fn env_size(name: &str) -> Option<usize> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim().to_ascii_lowercase();
+    let (n, m) = if let Some(n) = v.strip_suffix('k') {
+        (n, 1024)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 1024 * 1024)
+    } else {
+        (v.as_str(), 1)
+    };
+    n.parse::<usize>().ok().map(|n| n.saturating_mul(m))
+}
+
+impl ProtocolConfig {
+    /// Thresholds for a peer reached with `caps`, with environment overrides applied.
+    pub fn from_caps(caps: &Caps) -> Self {
+        let eager_max = env_size("OXMPI_EAGER_MAX").unwrap_or(caps.eager_max).min(caps.max_payload);
+        let read_min = if caps.rma_read {
+            env_size("OXMPI_RNDV_READ_MIN").unwrap_or(caps.rndv_read_min)
+        } else {
+            usize::MAX
+        };
+        Self { eager_max, read_min, chunk: caps.pipeline_chunk.min(caps.max_payload).max(1) }
+    }
+
+    /// The protocol for a message of `len` bytes.
+    pub fn select(&self, len: usize) -> Protocol {
+        if len <= self.eager_max {
+            Protocol::Eager
+        } else if len >= self.read_min {
+            Protocol::RndvRead
+        } else {
+            Protocol::RndvPipeline
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_by_size() {
+        let c = ProtocolConfig { eager_max: 100, read_min: 1000, chunk: 10 };
+        assert_eq!(c.select(0), Protocol::Eager);
+        assert_eq!(c.select(100), Protocol::Eager);
+        assert_eq!(c.select(101), Protocol::RndvPipeline);
+        assert_eq!(c.select(1000), Protocol::RndvRead);
+    }
+}
