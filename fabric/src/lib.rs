@@ -13,6 +13,7 @@
 //! Back-pressure is a status ([`Sent::WouldBlock`]), never an error: the caller keeps the frame
 //! and tries again after polling.
 
+pub mod affinity;
 pub mod loopback;
 pub mod memory;
 pub mod router;

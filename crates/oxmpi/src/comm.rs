@@ -1,0 +1,268 @@
+//! Communicators and their point-to-point operations (MPI chapter 3).
+//!
+//! Two tiers, as in mpi4py: buffers of [`bytemuck::Pod`] elements move without serialization
+//! (`send`, `recv_into`, `recv_vec`, ...), and any `serde` value moves as a compact binary
+//! encoding (`send_obj`, `recv_obj`, ...). Ranks are communicator ranks; tags are
+//! `0..=TAG_UB`; every call returns `Result`.
+
+use crate::group::Group;
+use crate::progress::{check_rank, State};
+use crate::request::{ObjRecv, Request, Scope};
+use crate::status::{check_tag, Source, Status, Tag};
+use crate::Error;
+use bytemuck::Pod;
+use oxmpi_fabric::{lend_scope, MemRef};
+use oxmpi_p2p::{Completion, ReqId, SendMode, ANY_SOURCE as RAW_ANY};
+use serde::{de::DeserializeOwned, Serialize};
+use std::rc::Rc;
+
+/// A communicator (`MPI_Comm`): a group of ranks and a private matching context.
+#[derive(Clone)]
+pub struct Communicator {
+    pub(crate) state: Rc<State>,
+    pub(crate) group: Rc<Group>,
+    /// Point-to-point context; `ctx + 1` carries this communicator's collectives.
+    pub(crate) ctx: u32,
+    pub(crate) rank: u32,
+}
+
+impl std::fmt::Debug for Communicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Communicator(rank {} of {}, context {})", self.rank, self.size(), self.ctx)
+    }
+}
+
+impl Communicator {
+    pub(crate) fn new(state: Rc<State>, group: Group, ctx: u32) -> Self {
+        let rank = group.from_world(state.rank).expect("this rank is a member");
+        Self { state, group: Rc::new(group), ctx, rank }
+    }
+
+    /// This process's rank in the communicator (`MPI_Comm_rank`).
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Number of ranks (`MPI_Comm_size`).
+    pub fn size(&self) -> u32 {
+        self.group.size()
+    }
+
+    /// World rank of communicator rank `r`.
+    pub fn world_rank_of(&self, r: u32) -> Result<u32, Error> {
+        check_rank(r, self.size())?;
+        Ok(self.group.to_world(r))
+    }
+
+    pub(crate) fn dest(&self, r: u32) -> Result<u32, Error> {
+        self.world_rank_of(r)
+    }
+
+    pub(crate) fn source(&self, s: Source) -> Result<i32, Error> {
+        match s {
+            Source::Any => Ok(RAW_ANY),
+            Source::Rank(r) => Ok(self.world_rank_of(r)? as i32),
+        }
+    }
+
+    pub(crate) fn status(&self, s: oxmpi_p2p::Status) -> Status {
+        Status { source: self.group.from_world(s.source).unwrap_or(s.source), tag: s.tag, bytes: s.bytes }
+    }
+
+    pub(crate) fn finish(&self, c: Completion) -> Result<Status, Error> {
+        c.result.map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)))?;
+        Ok(self.status(c.status))
+    }
+
+    /// Waits for `id` and takes its outcome.
+    pub(crate) fn wait_id(&self, id: ReqId) -> Completion {
+        self.state.wait_until(|e| e.is_done(id));
+        self.state.progress().engine.take(id).expect("request completed")
+    }
+
+    fn settle(&self) -> impl FnOnce(&dyn Fn() -> bool) + '_ {
+        move |done| self.state.wait_until(|_| done())
+    }
+
+    fn send_bytes(&self, bytes: &[u8], dest: u32, tag: i32, mode: SendMode) -> Result<(), Error> {
+        let dest = self.dest(dest)?;
+        let tag = check_tag(tag)?;
+        lend_scope(
+            |l| {
+                let mem = l.lend(bytes);
+                let id = self.state.progress().engine.isend(self.ctx, dest, tag, mem, mode);
+                self.finish(self.wait_id(id)).map(drop)
+            },
+            self.settle(),
+        )
+    }
+
+    /// Sends a buffer (`MPI_Send`): returns once `buf` may be reused.
+    pub fn send<T: Pod>(&self, buf: &[T], dest: u32, tag: i32) -> Result<(), Error> {
+        self.send_bytes(bytemuck::cast_slice(buf), dest, tag, SendMode::Standard)
+    }
+
+    /// Sends a buffer in synchronous mode (`MPI_Ssend`): returns once the receive has matched.
+    pub fn ssend<T: Pod>(&self, buf: &[T], dest: u32, tag: i32) -> Result<(), Error> {
+        self.send_bytes(bytemuck::cast_slice(buf), dest, tag, SendMode::Synchronous)
+    }
+
+    /// Receives into `buf` (`MPI_Recv`). A longer message is an [`Error::Truncated`] for this
+    /// receive only: the message is consumed, the next one is unaffected.
+    pub fn recv_into<T: Pod>(
+        &self,
+        buf: &mut [T],
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<Status, Error> {
+        let src = self.source(source.into())?;
+        let tag = tag.into().raw()?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        lend_scope(
+            |l| {
+                let mem = l.lend_mut(bytes);
+                let id = self.state.progress().engine.irecv(self.ctx, src, tag, Some(mem));
+                self.finish(self.wait_id(id))
+            },
+            self.settle(),
+        )
+    }
+
+    /// Receives a message of any length into a new vector.
+    pub fn recv_vec<T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<(Vec<T>, Status), Error> {
+        let st = self.probe(source, tag)?;
+        let n = st.count::<T>()?;
+        let mut v: Vec<T> = bytemuck::allocation::zeroed_vec(n as usize);
+        let st = self.recv_into(&mut v, st.source, st.tag)?;
+        Ok((v, st))
+    }
+
+    /// Sends any serializable value (mpi4py's lowercase `send`).
+    pub fn send_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<(), Error> {
+        let bytes = encode(obj)?;
+        self.send_bytes(&bytes, dest, tag, SendMode::Standard)
+    }
+
+    /// Sends a value in synchronous mode.
+    pub fn ssend_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<(), Error> {
+        let bytes = encode(obj)?;
+        self.send_bytes(&bytes, dest, tag, SendMode::Synchronous)
+    }
+
+    /// Receives a value sent with [`send_obj`](Self::send_obj) (mpi4py's lowercase `recv`).
+    pub fn recv_obj<D: DeserializeOwned>(
+        &self,
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<(D, Status), Error> {
+        self.irecv_obj(source, tag)?.wait()
+    }
+
+    /// Starts sending a value; the request owns the encoded bytes (mpi4py's `isend`).
+    pub fn isend_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<Request<'static>, Error> {
+        let dest = self.dest(dest)?;
+        let tag = check_tag(tag)?;
+        let mem = MemRef::owned(encode(obj)?);
+        let id = self.state.progress().engine.isend(self.ctx, dest, tag, mem, SendMode::Standard);
+        Ok(Request::new(self.clone(), id))
+    }
+
+    /// Starts receiving a value (mpi4py's `irecv`).
+    pub fn irecv_obj<D: DeserializeOwned>(
+        &self,
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<ObjRecv<D>, Error> {
+        let src = self.source(source.into())?;
+        let tag = tag.into().raw()?;
+        let id = self.state.progress().engine.irecv(self.ctx, src, tag, None);
+        Ok(ObjRecv::new(Request::new(self.clone(), id)))
+    }
+
+    /// Sends one buffer and receives another in one call (`MPI_Sendrecv`).
+    pub fn sendrecv<T: Pod, U: Pod>(
+        &self,
+        send: &[T],
+        dest: u32,
+        send_tag: i32,
+        recv: &mut [U],
+        source: impl Into<Source>,
+        recv_tag: impl Into<Tag>,
+    ) -> Result<Status, Error> {
+        let (source, recv_tag) = (source.into(), recv_tag.into());
+        self.scope(|s| {
+            let r = s.irecv(recv, source, recv_tag)?;
+            let q = s.isend(send, dest, send_tag)?;
+            q.wait()?;
+            r.wait()
+        })
+    }
+
+    /// Waits for a matching message without receiving it (`MPI_Probe`).
+    pub fn probe(&self, source: impl Into<Source>, tag: impl Into<Tag>) -> Result<Status, Error> {
+        let src = self.source(source.into())?;
+        let tag = tag.into().raw()?;
+        let mut found = None;
+        self.state.wait_until(|e| {
+            found = e.iprobe(self.ctx, src, tag);
+            found.is_some()
+        });
+        Ok(self.status(found.expect("probe found a message")))
+    }
+
+    /// Checks for a matching message without receiving it (`MPI_Iprobe`).
+    pub fn iprobe(&self, source: impl Into<Source>, tag: impl Into<Tag>) -> Result<Option<Status>, Error> {
+        let src = self.source(source.into())?;
+        let tag = tag.into().raw()?;
+        let mut p = self.state.progress();
+        p.pass();
+        Ok(p.engine.iprobe(self.ctx, src, tag).map(|s| self.status(s)))
+    }
+
+    /// Runs `f` with a [`Scope`] for nonblocking operations on borrowed buffers: every buffer
+    /// lent to a request stays borrowed until the scope ends, and the scope does not end
+    /// before the transport is done with all of them — even if a request is leaked.
+    pub fn scope<'env, R>(&'env self, f: impl for<'s> FnOnce(&Scope<'s, 'env>) -> R) -> R {
+        lend_scope(|lender| f(&Scope::new(lender, self)), self.settle())
+    }
+
+    /// Blocks until every rank has called it (`MPI_Barrier`): a dissemination barrier.
+    pub fn barrier(&self) -> Result<(), Error> {
+        let (n, me) = (self.size(), self.rank);
+        let ctx = self.ctx + 1;
+        let mut dist = 1;
+        let mut round = 0;
+        while dist < n {
+            let to = self.group.to_world((me + dist) % n);
+            let from = self.group.to_world((me + n - dist) % n) as i32;
+            let (sid, rid) = {
+                let mut p = self.state.progress();
+                let sid = p.engine.isend(ctx, to, round, MemRef::owned(Vec::new()), SendMode::Standard);
+                let rid = p.engine.irecv(ctx, from, round, None);
+                (sid, rid)
+            };
+            self.finish(self.wait_id(rid))?;
+            self.finish(self.wait_id(sid))?;
+            dist *= 2;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// Brings the whole job down with `code` (`MPI_Abort`).
+    pub fn abort(&self, code: i32) -> ! {
+        self.state.abort(code, "MPI_Abort")
+    }
+}
+
+pub(crate) fn encode<S: Serialize + ?Sized>(obj: &S) -> Result<Vec<u8>, Error> {
+    postcard::to_stdvec(obj).map_err(|e| Error::Decode(format!("encoding failed: {e}")))
+}
+
+pub(crate) fn decode<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, Error> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))
+}

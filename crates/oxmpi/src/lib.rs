@@ -1,0 +1,145 @@
+//! oxmpi: MPI's model — ranks, communicators, point-to-point messaging — in native Rust, over
+//! shared memory inside a node and TCP anywhere, started with `oxrun -n N ./prog`.
+//!
+//! ```no_run
+//! let universe = oxmpi::init()?;
+//! let world = universe.world();
+//! if world.rank() == 0 {
+//!     world.send(&[1.0f64, 2.0, 3.0], 1, 11)?;          // zero-copy Pod buffers
+//!     world.send_obj(&("hello", 42u32), 1, 12)?;        // any serde value
+//! } else if world.rank() == 1 {
+//!     let mut buf = [0.0f64; 3];
+//!     let st = world.recv_into(&mut buf, 0, 11)?;
+//!     let (obj, _): ((String, u32), _) = world.recv_obj(0, oxmpi::ANY_TAG)?;
+//!     println!("{buf:?} {obj:?} from {}", st.source);
+//! }
+//! # Ok::<(), oxmpi::Error>(())
+//! ```
+//!
+//! A program started without `oxrun` runs as a world of one.
+#![forbid(unsafe_code)]
+
+mod comm;
+mod error;
+mod group;
+mod progress;
+mod request;
+mod status;
+
+pub use comm::Communicator;
+pub use error::Error;
+pub use group::Group;
+pub use request::{test_all, wait_all, wait_any, ObjRecv, Request, Scope};
+pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
+
+use oxmpi_bootstrap::{JobEnv, KvsClient};
+use oxmpi_fabric::{Fabric, Router};
+use oxmpi_p2p::Engine;
+use progress::{Progress, State, WaitPolicy};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+const WORLD_CTX: u32 = 0;
+const SELF_CTX: u32 = 2;
+
+/// The initialized library (`MPI_Init` ... `MPI_Finalize`); finalizes when dropped.
+pub struct Universe {
+    state: Rc<State>,
+}
+
+impl std::fmt::Debug for Universe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Universe(rank {} of {})", self.state.rank, self.state.size)
+    }
+}
+
+/// Initializes oxmpi (`MPI_Init`): wires this rank up with the others started by `oxrun`, or
+/// makes a world of one when started alone.
+pub fn init() -> Result<Universe> {
+    if INITIALIZED.swap(true, Ordering::SeqCst) {
+        return Err(Error::AlreadyInitialized);
+    }
+    let env = JobEnv::from_env()?;
+    if let Some(cpu) = std::env::var("OXMPI_BIND_CPU").ok().and_then(|v| v.parse().ok()) {
+        if let Err(e) = oxmpi_fabric::affinity::bind_to_cpu(cpu) {
+            eprintln!("oxmpi: rank {}: could not bind to cpu {cpu}: {e}", env.rank);
+        }
+    }
+    let (router, kvs) = if env.size > 1 {
+        let mut kvs = KvsClient::connect(&env)?;
+        let router = oxmpi_fabric::wireup::wire_up(&env, &mut kvs)?;
+        (router, Some(kvs))
+    } else {
+        (Router::singleton(), None)
+    };
+    Ok(Universe::from_router(router, kvs))
+}
+
+impl Universe {
+    /// A universe over an already wired fabric (e.g. one thread-rank of
+    /// [`oxmpi_fabric::loopback::world`]).
+    pub fn from_fabric(fabric: Box<dyn Fabric>) -> Self {
+        Self::from_router(Router::single(fabric), None)
+    }
+
+    fn from_router(fabric: Router, kvs: Option<KvsClient>) -> Self {
+        let engine = Engine::for_fabric(&fabric);
+        let (rank, size) = (fabric.rank(), fabric.size());
+        let local = 1 + (0..size).filter(|&p| p != rank && fabric.backend_name(p) == "shm").count();
+        let state = State {
+            progress: RefCell::new(Progress { engine, fabric }),
+            kvs: RefCell::new(kvs),
+            rank,
+            size,
+            policy: WaitPolicy::new(local),
+        };
+        Self { state: Rc::new(state) }
+    }
+
+    /// All ranks of the job (`MPI_COMM_WORLD`).
+    pub fn world(&self) -> Communicator {
+        Communicator::new(self.state.clone(), Group::world(self.state.size), WORLD_CTX)
+    }
+
+    /// This rank alone (`MPI_COMM_SELF`).
+    pub fn self_comm(&self) -> Communicator {
+        Communicator::new(self.state.clone(), Group::of(vec![self.state.rank]), SELF_CTX)
+    }
+
+    /// One line per peer: which fabric and protocol thresholds reach it.
+    pub fn fabric_info(&self) -> String {
+        let p = self.state.progress();
+        let mut out = String::new();
+        for peer in 0..self.state.size {
+            let caps = p.fabric.caps(peer);
+            let cfg = p.engine.config(peer);
+            let read = if cfg.read_min == usize::MAX { "never".to_string() } else { format!(">= {}", cfg.read_min) };
+            out.push_str(&format!(
+                "rank {} -> {peer}: {} (eager <= {} B, rndv/read {read}, pipeline chunk {} B)\n",
+                self.state.rank, caps.name, cfg.eager_max, cfg.chunk
+            ));
+        }
+        out
+    }
+
+    /// Brings the whole job down with `code` (`MPI_Abort`).
+    pub fn abort(&self, code: i32) -> ! {
+        self.state.abort(code, "abort")
+    }
+}
+
+impl Drop for Universe {
+    fn drop(&mut self) {
+        // MPI_Finalize: make sure no rank tears its fabric down while others still need it.
+        if self.state.size > 1 && !std::thread::panicking() {
+            let _ = self.world().barrier();
+        }
+        INITIALIZED.store(false, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,136 @@
+//! The driver: one rank's engine and fabric, and how a blocking call waits.
+//!
+//! Waiting spins on progress for a short while (`OXMPI_SPIN_US`, default 50 µs; none when the
+//! host runs more ranks than it has cores), then yields the core for up to 2 ms, then sleeps
+//! on the fabric's wait handle (a futex doorbell for shared memory, epoll for TCP) in slices of
+//! a few milliseconds. So two pinned ranks see polling latency, and eight ranks on two cores
+//! still make progress without burning each other's time.
+
+use crate::Error;
+use oxmpi_bootstrap::KvsClient;
+use oxmpi_fabric::{Event, Fabric, FabricError, Router};
+use oxmpi_p2p::Engine;
+use std::cell::{RefCell, RefMut};
+use std::time::{Duration, Instant};
+
+/// The engine and fabric of this rank.
+pub(crate) struct Progress {
+    pub engine: Engine,
+    pub fabric: Router,
+}
+
+impl Progress {
+    /// One pass: transmit, collect arrivals, transmit what they caused.
+    #[inline]
+    pub fn pass(&mut self) -> usize {
+        let Self { engine, fabric } = self;
+        if engine.has_tx() {
+            let _ = engine.progress_tx(fabric);
+        }
+        let n = match fabric.poll(&mut |ev| match ev {
+            Event::Frame { peer, header, payload } => engine.handle_frame(peer, header, payload),
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                Self::on_fabric_error(engine, e);
+                1
+            }
+        };
+        if engine.has_tx() {
+            let _ = engine.progress_tx(fabric);
+        }
+        n
+    }
+
+    fn on_fabric_error(engine: &mut Engine, e: FabricError) {
+        match &e {
+            FabricError::PeerLost { peer, why } | FabricError::BadFrame { peer, why } => {
+                eprintln!("oxmpi: rank {}: {e}", engine.rank());
+                engine.fail_peer(*peer, why);
+            }
+            other => eprintln!("oxmpi: rank {}: {other}", engine.rank()),
+        }
+    }
+}
+
+/// How long each waiting phase lasts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaitPolicy {
+    pub spin: Duration,
+    pub yield_for: Duration,
+    pub sleep_slice: Duration,
+}
+
+impl WaitPolicy {
+    pub fn new(local_ranks: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default_spin = if local_ranks > cores { 0 } else { 50 };
+        let spin = std::env::var("OXMPI_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(default_spin);
+        Self {
+            spin: Duration::from_micros(spin),
+            yield_for: Duration::from_millis(2),
+            sleep_slice: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Everything a communicator shares: the driver, the KVS connection, the wait policy.
+pub(crate) struct State {
+    pub progress: RefCell<Progress>,
+    pub kvs: RefCell<Option<KvsClient>>,
+    pub rank: u32,
+    pub size: u32,
+    pub policy: WaitPolicy,
+}
+
+impl State {
+    pub fn progress(&self) -> RefMut<'_, Progress> {
+        self.progress.borrow_mut()
+    }
+
+    /// Drives progress until `done` holds.
+    pub fn wait_until(&self, mut done: impl FnMut(&mut Engine) -> bool) {
+        let mut p = self.progress();
+        p.pass();
+        if done(&mut p.engine) {
+            return;
+        }
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            p.pass();
+            if done(&mut p.engine) {
+                return;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 128 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited < self.policy.spin {
+                continue;
+            } else if waited < self.policy.spin + self.policy.yield_for {
+                std::thread::yield_now();
+            } else {
+                p.fabric.wait(self.policy.sleep_slice);
+            }
+        }
+    }
+
+    /// Asks the launcher to bring the job down, then exits.
+    pub fn abort(&self, code: i32, msg: &str) -> ! {
+        eprintln!("oxmpi: rank {} called abort({code}): {msg}", self.rank);
+        if let Some(k) = self.kvs.borrow_mut().as_mut() {
+            let _ = k.abort(code, msg);
+        }
+        std::process::exit(code)
+    }
+}
+
+pub(crate) fn check_rank(rank: u32, size: u32) -> Result<(), Error> {
+    if rank >= size {
+        return Err(Error::InvalidRank { rank, size });
+    }
+    Ok(())
+}

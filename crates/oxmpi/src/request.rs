@@ -1,0 +1,201 @@
+//! Nonblocking operations and their requests (`MPI_Request`).
+//!
+//! A [`Request`] on a borrowed buffer comes from a [`Scope`] (see
+//! [`Communicator::scope`](crate::Communicator::scope)): the buffer is borrowed for the whole
+//! scope, so the borrow checker keeps it alive and untouched while the transport may use it,
+//! and the scope waits for the transport before it returns. Requests on owned data
+//! ([`Communicator::isend_obj`](crate::Communicator::isend_obj),
+//! [`Communicator::irecv_obj`](crate::Communicator::irecv_obj)) need no scope. Dropping a
+//! request without waiting detaches it: the operation still completes.
+
+use crate::comm::{decode, Communicator};
+use crate::status::{check_tag, Source, Status, Tag};
+use crate::Error;
+use bytemuck::Pod;
+use oxmpi_fabric::Lender;
+use oxmpi_p2p::{Completion, ReqId, SendMode};
+use std::marker::PhantomData;
+
+/// Lends buffers to nonblocking operations on one communicator until the scope ends.
+pub struct Scope<'s, 'env> {
+    lender: &'s Lender<'s, 'env>,
+    comm: &'env Communicator,
+}
+
+impl<'s, 'env> Scope<'s, 'env> {
+    pub(crate) fn new(lender: &'s Lender<'s, 'env>, comm: &'env Communicator) -> Self {
+        Self { lender, comm }
+    }
+
+    fn isend_mode<T: Pod>(&self, buf: &'s [T], dest: u32, tag: i32, mode: SendMode) -> Result<Request<'s>, Error> {
+        let c = self.comm;
+        let dest = c.dest(dest)?;
+        let tag = check_tag(tag)?;
+        let mem = self.lender.lend(bytemuck::cast_slice(buf));
+        let id = c.state.progress().engine.isend(c.ctx, dest, tag, mem, mode);
+        Ok(Request::new(c.clone(), id))
+    }
+
+    /// Starts a send (`MPI_Isend`).
+    pub fn isend<T: Pod>(&self, buf: &'s [T], dest: u32, tag: i32) -> Result<Request<'s>, Error> {
+        self.isend_mode(buf, dest, tag, SendMode::Standard)
+    }
+
+    /// Starts a synchronous-mode send (`MPI_Issend`).
+    pub fn issend<T: Pod>(&self, buf: &'s [T], dest: u32, tag: i32) -> Result<Request<'s>, Error> {
+        self.isend_mode(buf, dest, tag, SendMode::Synchronous)
+    }
+
+    /// Starts a receive into `buf` (`MPI_Irecv`).
+    pub fn irecv<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<Request<'s>, Error> {
+        let c = self.comm;
+        let src = c.source(source.into())?;
+        let tag = tag.into().raw()?;
+        let mem = self.lender.lend_mut(bytemuck::cast_slice_mut(buf));
+        let id = c.state.progress().engine.irecv(c.ctx, src, tag, Some(mem));
+        Ok(Request::new(c.clone(), id))
+    }
+}
+
+/// A pending nonblocking operation.
+#[must_use = "a request should be waited for or tested"]
+pub struct Request<'s> {
+    comm: Communicator,
+    id: ReqId,
+    active: bool,
+    _scope: PhantomData<&'s ()>,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Request({:#x}, active: {})", self.id, self.active)
+    }
+}
+
+impl<'s> Request<'s> {
+    pub(crate) fn new(comm: Communicator, id: ReqId) -> Self {
+        Self { comm, id, active: true, _scope: PhantomData }
+    }
+
+    fn take(&mut self) -> Option<Completion> {
+        if !self.active {
+            return None;
+        }
+        let c = self.comm.state.progress().engine.take(self.id)?;
+        self.active = false;
+        Some(c)
+    }
+
+    pub(crate) fn wait_completion(mut self) -> Completion {
+        let c = self.comm.wait_id(self.id);
+        self.active = false;
+        c
+    }
+
+    /// Waits for completion (`MPI_Wait`).
+    pub fn wait(self) -> Result<Status, Error> {
+        let comm = self.comm.clone();
+        comm.finish(self.wait_completion())
+    }
+
+    /// Completes the request if it is done (`MPI_Test`); `Ok(None)` while in flight.
+    pub fn test(&mut self) -> Result<Option<Status>, Error> {
+        self.comm.state.progress().pass();
+        match self.take() {
+            Some(c) => self.comm.finish(c).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the request has not completed (or not been collected) yet.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            if let Ok(mut p) = self.comm.state.progress.try_borrow_mut() {
+                p.engine.detach(self.id);
+            }
+        }
+    }
+}
+
+/// Waits for all requests (`MPI_Waitall`); returns their statuses in order, or the first error
+/// after all have completed.
+pub fn wait_all(reqs: &mut [Request<'_>]) -> Result<Vec<Status>, Error> {
+    let Some(first) = reqs.first() else { return Ok(Vec::new()) };
+    let state = first.comm.state.clone();
+    state.wait_until(|e| reqs.iter().all(|r| !r.active || e.is_done(r.id)));
+    let mut out = Vec::with_capacity(reqs.len());
+    let mut err = None;
+    for r in reqs.iter_mut() {
+        if let Some(c) = r.take() {
+            match r.comm.finish(c) {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+    }
+    err.map_or(Ok(out), Err)
+}
+
+/// Waits for any one active request (`MPI_Waitany`): its index and status, or `None` when no
+/// request is active.
+pub fn wait_any(reqs: &mut [Request<'_>]) -> Result<Option<(usize, Status)>, Error> {
+    let Some(first) = reqs.iter().find(|r| r.active) else { return Ok(None) };
+    let state = first.comm.state.clone();
+    let mut which = None;
+    state.wait_until(|e| {
+        which = reqs.iter().position(|r| r.active && e.is_done(r.id));
+        which.is_some()
+    });
+    let i = which.expect("one completed");
+    let c = reqs[i].take().expect("completed");
+    reqs[i].comm.finish(c).map(|s| Some((i, s)))
+}
+
+/// Whether every request has completed (`MPI_Testall`); if so they are all collected.
+pub fn test_all(reqs: &mut [Request<'_>]) -> Result<bool, Error> {
+    let Some(first) = reqs.first() else { return Ok(true) };
+    let done = {
+        let mut p = first.comm.state.progress();
+        p.pass();
+        reqs.iter().all(|r| !r.active || p.engine.is_done(r.id))
+    };
+    if done {
+        wait_all(reqs)?;
+    }
+    Ok(done)
+}
+
+/// A pending receive of a serialized value.
+#[must_use = "a request should be waited for"]
+pub struct ObjRecv<D> {
+    req: Request<'static>,
+    _t: PhantomData<fn() -> D>,
+}
+
+impl<D: serde::de::DeserializeOwned> ObjRecv<D> {
+    pub(crate) fn new(req: Request<'static>) -> Self {
+        Self { req, _t: PhantomData }
+    }
+
+    /// Waits for the value (mpi4py's `req.wait()` on an `irecv`).
+    pub fn wait(self) -> Result<(D, Status), Error> {
+        let comm = self.req.comm.clone();
+        let mut c = self.req.wait_completion();
+        let data = c.data.take().unwrap_or_default();
+        let st = comm.finish(c)?;
+        Ok((decode(&data)?, st))
+    }
+}
