@@ -93,7 +93,7 @@ impl Universe {
         let (rank, size) = (fabric.rank(), fabric.size());
         let local = 1 + (0..size).filter(|&p| p != rank && fabric.backend_name(p) == "shm").count();
         let state = State {
-            progress: RefCell::new(Progress { engine, fabric }),
+            progress: RefCell::new(Progress { engine, fabric, finalizing: false }),
             kvs: RefCell::new(kvs),
             rank,
             size,
@@ -140,6 +140,7 @@ impl Drop for Universe {
         if self.state.size > 1 && !std::thread::panicking() {
             let _ = self.world().barrier();
         }
+        self.state.progress().finalizing = true;
         INITIALIZED.store(false, Ordering::SeqCst);
     }
 }

@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 pub(crate) struct Progress {
     pub engine: Engine,
     pub fabric: Router,
+    /// Set by finalize: peers closing their connections is expected then, not reported.
+    pub finalizing: bool,
 }
 
 impl Progress {
     /// One pass: transmit, collect arrivals, transmit what they caused.
     #[inline]
     pub fn pass(&mut self) -> usize {
-        let Self { engine, fabric } = self;
+        let Self { engine, fabric, finalizing } = self;
         if engine.has_tx() {
             let _ = engine.progress_tx(fabric);
         }
@@ -32,7 +34,7 @@ impl Progress {
         }) {
             Ok(n) => n,
             Err(e) => {
-                Self::on_fabric_error(engine, e);
+                Self::on_fabric_error(engine, e, *finalizing);
                 1
             }
         };
@@ -42,10 +44,12 @@ impl Progress {
         n
     }
 
-    fn on_fabric_error(engine: &mut Engine, e: FabricError) {
+    fn on_fabric_error(engine: &mut Engine, e: FabricError, finalizing: bool) {
         match &e {
             FabricError::PeerLost { peer, why } | FabricError::BadFrame { peer, why } => {
-                eprintln!("oxmpi: rank {}: {e}", engine.rank());
+                if !finalizing {
+                    eprintln!("oxmpi: rank {}: {e}", engine.rank());
+                }
                 engine.fail_peer(*peer, why);
             }
             other => eprintln!("oxmpi: rank {}: {other}", engine.rank()),
