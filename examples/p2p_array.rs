@@ -13,11 +13,17 @@ fn main() -> Result<(), oxmpi::Error> {
     if rank == 0 {
         let data: Vec<i32> = (0..10).collect();
         world.send(&data, 1, 11)?;
-        println!("process {rank} Send buffer-like array {}...", numpy_repr(&data));
+        println!(
+            "process {rank} Send buffer-like array {}...",
+            numpy_repr(&data)
+        );
     } else if rank == 1 {
         let mut data = [0i32; 10];
         world.recv_into(&mut data, 0, 11)?;
-        println!("process {rank} recv buffer-like array {}...", numpy_repr(&data));
+        println!(
+            "process {rank} recv buffer-like array {}...",
+            numpy_repr(&data)
+        );
     }
     Ok(())
 }

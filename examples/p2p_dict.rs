@@ -26,11 +26,15 @@ fn python_repr(d: &BTreeMap<String, Value>) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
+#[allow(clippy::approx_constant)] // the tutorial sends 3.14, not pi
 fn main() -> Result<(), oxmpi::Error> {
     let universe = oxmpi::init()?;
     let world = universe.world();
     if world.rank() == 0 {
-        let data = BTreeMap::from([("a".to_string(), Value::Int(7)), ("b".to_string(), Value::Float(3.14))]);
+        let data = BTreeMap::from([
+            ("a".to_string(), Value::Int(7)),
+            ("b".to_string(), Value::Float(3.14)),
+        ]);
         world.send_obj(&data, 1, 11)?;
     } else if world.rank() == 1 {
         let (data, _status): (BTreeMap<String, Value>, _) = world.recv_obj(0, 11)?;

@@ -25,7 +25,13 @@ pub const LARGE: usize = 8192;
 impl Options {
     /// Parses `std::env::args` with the given defaults; prints usage and exits on `-h` or errors.
     pub fn parse(name: &str, min: usize, iters: usize, warmup: usize) -> Self {
-        let mut o = Options { min, max: 4 << 20, iters, warmup, window: 64 };
+        let mut o = Options {
+            min,
+            max: 4 << 20,
+            iters,
+            warmup,
+            window: 64,
+        };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let usage = || -> ! {
             eprintln!("usage: {name} [-m [MIN:]MAX] [-i ITERS] [-x WARMUP] [-W WINDOW]");
@@ -35,7 +41,9 @@ impl Options {
         let mut i = 0;
         while i < args.len() {
             let (flag, inline) = match args[i].as_str() {
-                a if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") => (&a[..2], Some(&a[2..])),
+                a if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") => {
+                    (&a[..2], Some(&a[2..]))
+                }
                 a => (a, None),
             };
             let mut value = || -> String {
@@ -103,7 +111,10 @@ impl Options {
 /// Prints the OSU-style header lines.
 pub fn header(title: &str, column: &str) {
     println!("# {title}");
-    println!("# oxmpi {} (OSU-style benchmark)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "# oxmpi {} (OSU-style benchmark)",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("# Size{column:>24}");
 }
 

@@ -13,7 +13,10 @@ fn target_dir() -> PathBuf {
 fn run(example: &str, n: u32, fabric: &str) -> Vec<String> {
     let oxrun = target_dir().join("oxrun");
     let prog = target_dir().join("examples").join(example);
-    assert!(oxrun.exists() && prog.exists(), "build the workspace first (scripts/test.sh does)");
+    assert!(
+        oxrun.exists() && prog.exists(),
+        "build the workspace first (scripts/test.sh does)"
+    );
     let out = Command::new(oxrun)
         .arg("-n")
         .arg(n.to_string())
@@ -21,8 +24,15 @@ fn run(example: &str, n: u32, fabric: &str) -> Vec<String> {
         .env("OXMPI_FABRIC", fabric)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert!(
+        out.status.success(),
+        "{example}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
     lines.sort();
     lines
 }
@@ -36,7 +46,9 @@ fn for_each_fabric(f: impl Fn(&str)) {
 #[test]
 fn hello_prints_every_rank() {
     for_each_fabric(|fabric| {
-        let expected: Vec<String> = (0..4).map(|r| format!("Rank {r} out of 4 processes")).collect();
+        let expected: Vec<String> = (0..4)
+            .map(|r| format!("Rank {r} out of 4 processes"))
+            .collect();
         assert_eq!(run("hello", 4, fabric), expected);
     });
 }
@@ -44,7 +56,10 @@ fn hello_prints_every_rank() {
 #[test]
 fn p2p_dict_prints_the_dictionary() {
     for_each_fabric(|fabric| {
-        assert_eq!(run("p2p_dict", 2, fabric), vec!["On process 1, data is  {'a': 7, 'b': 3.14}"]);
+        assert_eq!(
+            run("p2p_dict", 2, fabric),
+            vec!["On process 1, data is  {'a': 7, 'b': 3.14}"]
+        );
     });
 }
 

@@ -8,7 +8,10 @@ pub fn bind_to_cpu(cpu: usize) -> std::io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes a bit inside `set`; `cpu` is bounded by the check below.
     if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "cpu index too large"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "cpu index too large",
+        ));
     }
     // SAFETY: as above, `cpu` is within the set.
     unsafe { libc::CPU_SET(cpu, &mut set) };

@@ -178,6 +178,9 @@ pub trait Fabric {
     /// The key a peer uses to read `mem` (for `rma_read` backends).
     fn remote_key(&self, mem: &MemRef) -> RemoteKey {
         let b = mem.bytes();
-        RemoteKey { addr: b.as_ptr() as u64, len: b.len() as u64 }
+        RemoteKey {
+            addr: b.as_ptr() as u64,
+            len: b.len() as u64,
+        }
     }
 }

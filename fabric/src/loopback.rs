@@ -27,7 +27,12 @@ pub fn world(n: u32) -> Vec<Loopback> {
 }
 
 /// Like [`world`] with explicit eager limit, remote-read threshold and frame size.
-pub fn world_with(n: u32, eager_max: usize, rndv_read_min: usize, max_payload: usize) -> Vec<Loopback> {
+pub fn world_with(
+    n: u32,
+    eager_max: usize,
+    rndv_read_min: usize,
+    max_payload: usize,
+) -> Vec<Loopback> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| channel()).unzip();
     let caps = Caps {
         name: "loopback",
@@ -36,7 +41,10 @@ pub fn world_with(n: u32, eager_max: usize, rndv_read_min: usize, max_payload: u
         eager_max,
         rndv_read_min,
         pipeline_chunk: max_payload,
-        model: PerfModel { latency_us: 1.0, bandwidth_gbs: 5.0 },
+        model: PerfModel {
+            latency_us: 1.0,
+            bandwidth_gbs: 5.0,
+        },
     };
     rxs.into_iter()
         .enumerate()
@@ -67,13 +75,24 @@ impl Fabric for Loopback {
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
         self.peers[peer as usize]
             .send((self.rank, *header, payload.to_vec()))
-            .map_err(|_| FabricError::PeerLost { peer, why: "thread-rank has finished".into() })?;
+            .map_err(|_| FabricError::PeerLost {
+                peer,
+                why: "thread-rank has finished".into(),
+            })?;
         Ok(Sent::Done)
     }
 
-    fn read(&mut self, peer: Rank, remote: RemoteKey, offset: u64, dst: &mut [u8]) -> Result<(), FabricError> {
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
         if offset + dst.len() as u64 > remote.len {
-            return Err(FabricError::Rma(format!("read past the end of rank {peer}'s region")));
+            return Err(FabricError::Rma(format!(
+                "read past the end of rank {peer}'s region"
+            )));
         }
         // SAFETY: thread-ranks share one address space; `remote` was advertised by the peer's
         // engine for memory it keeps lent (see `memory`) until we answer the read, and the
@@ -90,8 +109,16 @@ impl Fabric for Loopback {
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
         let mut n = 0;
-        while let Some((peer, header, payload)) = self.stash.pop_front().or_else(|| self.inbox.try_recv().ok()) {
-            on(Event::Frame { peer, header: &header, payload: &payload });
+        while let Some((peer, header, payload)) = self
+            .stash
+            .pop_front()
+            .or_else(|| self.inbox.try_recv().ok())
+        {
+            on(Event::Frame {
+                peer,
+                header: &header,
+                payload: &payload,
+            });
             n += 1;
             if n == 64 {
                 break;

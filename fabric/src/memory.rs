@@ -29,7 +29,11 @@ impl<'scope, 'env> Lender<'scope, 'env> {
     /// Lends `buf` for reading until the scope ends.
     pub fn lend(&'scope self, buf: &'scope [u8]) -> MemRef {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        MemRef { ptr: buf.as_ptr(), len: buf.len(), lease: RefLease::Lent(&self.outstanding) }
+        MemRef {
+            ptr: buf.as_ptr(),
+            len: buf.len(),
+            lease: RefLease::Lent(&self.outstanding),
+        }
     }
 
     /// Lends `buf` for writing until the scope ends.
@@ -57,7 +61,11 @@ pub fn lend_scope<'env, T>(
     f: impl for<'scope> FnOnce(&'scope Lender<'scope, 'env>) -> T,
     settle: impl FnOnce(&dyn Fn() -> bool),
 ) -> T {
-    let lender = Lender { outstanding: AtomicUsize::new(0), _scope: PhantomData, _env: PhantomData };
+    let lender = Lender {
+        outstanding: AtomicUsize::new(0),
+        _scope: PhantomData,
+        _env: PhantomData,
+    };
     let result = catch_unwind(AssertUnwindSafe(|| f(&lender)));
     if lender.outstanding() != 0 {
         let done = || lender.outstanding() == 0;
@@ -102,7 +110,11 @@ impl MemRef {
     /// Owned bytes (e.g. a serialized object).
     pub fn owned(v: Vec<u8>) -> Self {
         let v = Arc::new(v);
-        Self { ptr: v.as_ptr(), len: v.len(), lease: RefLease::Owned(v) }
+        Self {
+            ptr: v.as_ptr(),
+            len: v.len(),
+            lease: RefLease::Owned(v),
+        }
     }
 
     /// An empty region.
@@ -143,7 +155,11 @@ impl Clone for MemRef {
             }
             RefLease::Owned(a) => RefLease::Owned(a.clone()),
         };
-        Self { ptr: self.ptr, len: self.len, lease }
+        Self {
+            ptr: self.ptr,
+            len: self.len,
+            lease,
+        }
     }
 }
 
@@ -181,7 +197,11 @@ impl MemMut {
     /// An owned, zeroed buffer of `len` bytes.
     pub fn alloc(len: usize) -> Self {
         let mut v = vec![0u8; len];
-        Self { ptr: v.as_mut_ptr(), len, lease: MutLease::Owned(v) }
+        Self {
+            ptr: v.as_mut_ptr(),
+            len,
+            lease: MutLease::Owned(v),
+        }
     }
 
     /// The bytes.

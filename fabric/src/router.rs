@@ -21,9 +21,17 @@ pub struct Router {
 impl Router {
     /// A router over `backends`; `route[p]` is the index of the backend reaching peer `p`
     /// (`None` for this rank itself).
-    pub fn new(rank: Rank, size: u32, backends: Vec<Box<dyn Fabric>>, route: Vec<Option<usize>>) -> Self {
+    pub fn new(
+        rank: Rank,
+        size: u32,
+        backends: Vec<Box<dyn Fabric>>,
+        route: Vec<Option<usize>>,
+    ) -> Self {
         assert_eq!(route.len(), size as usize);
-        let route = route.into_iter().map(|r| r.map_or(NO_ROUTE, |i| i as u8)).collect();
+        let route = route
+            .into_iter()
+            .map(|r| r.map_or(NO_ROUTE, |i| i as u8))
+            .collect();
         let self_caps = Caps {
             name: "self",
             rma_read: false,
@@ -31,9 +39,18 @@ impl Router {
             eager_max: 64 * 1024,
             rndv_read_min: usize::MAX,
             pipeline_chunk: usize::MAX,
-            model: crate::PerfModel { latency_us: 0.05, bandwidth_gbs: 20.0 },
+            model: crate::PerfModel {
+                latency_us: 0.05,
+                bandwidth_gbs: 20.0,
+            },
         };
-        Self { rank, size, backends, route, self_caps }
+        Self {
+            rank,
+            size,
+            backends,
+            route,
+            self_caps,
+        }
     }
 
     /// A router for a world of one.
@@ -55,7 +72,10 @@ impl Router {
 
     fn backend(&mut self, peer: Rank) -> &mut dyn Fabric {
         let i = self.route[peer as usize];
-        assert_ne!(i, NO_ROUTE, "no fabric route to rank {peer} (self messages stay in the engine)");
+        assert_ne!(
+            i, NO_ROUTE,
+            "no fabric route to rank {peer} (self messages stay in the engine)"
+        );
         self.backends[i as usize].as_mut()
     }
 }
@@ -81,7 +101,13 @@ impl Fabric for Router {
         self.backend(peer).send(peer, header, payload)
     }
 
-    fn read(&mut self, peer: Rank, remote: RemoteKey, offset: u64, dst: &mut [u8]) -> Result<(), FabricError> {
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
         self.backend(peer).read(peer, remote, offset, dst)
     }
 

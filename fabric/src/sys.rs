@@ -12,7 +12,9 @@ pub(crate) fn cvt<T: Copy + PartialOrd + From<i8>>(ret: T) -> io::Result<T> {
 }
 
 /// Like [`cvt`] but retries on `EINTR`.
-pub(crate) fn cvt_retry<T: Copy + PartialOrd + From<i8>>(mut f: impl FnMut() -> T) -> io::Result<T> {
+pub(crate) fn cvt_retry<T: Copy + PartialOrd + From<i8>>(
+    mut f: impl FnMut() -> T,
+) -> io::Result<T> {
     loop {
         match cvt(f()) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

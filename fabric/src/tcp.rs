@@ -10,7 +10,9 @@
 //! Rendezvous over TCP is the engine's receiver-driven pipeline: TCP offers no remote reads.
 
 use crate::sys::{cvt, cvt_retry};
-use crate::{Caps, Event, Fabric, FabricError, Header, PerfModel, Rank, RemoteKey, Sent, HEADER_LEN};
+use crate::{
+    Caps, Event, Fabric, FabricError, Header, PerfModel, Rank, RemoteKey, Sent, HEADER_LEN,
+};
 use oxmpi_bootstrap::{auth, Secret};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,10 +35,15 @@ pub fn caps() -> Caps {
         name: "tcp",
         rma_read: false,
         max_payload: MAX_PAYLOAD,
-        eager_max: crate::shm::env_usize("OXMPI_TCP_EAGER_MAX").unwrap_or(EAGER_MAX).min(MAX_PAYLOAD),
+        eager_max: crate::shm::env_usize("OXMPI_TCP_EAGER_MAX")
+            .unwrap_or(EAGER_MAX)
+            .min(MAX_PAYLOAD),
         rndv_read_min: usize::MAX,
         pipeline_chunk: MAX_PAYLOAD,
-        model: PerfModel { latency_us: 10.0, bandwidth_gbs: 3.0 },
+        model: PerfModel {
+            latency_us: 10.0,
+            bandwidth_gbs: 3.0,
+        },
     }
 }
 
@@ -95,17 +102,21 @@ pub fn listen(bind: &str) -> io::Result<TcpListener> {
 /// Keeps answering `listener` after wire-up: every connection is handshaken; failures are
 /// logged, and even valid members are dropped (all peers are already connected).
 fn serve_stray_connections(listener: TcpListener, rank: Rank, secret: Secret) {
-    let _ = std::thread::Builder::new().name("oxmpi-tcp-listen".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            match auth::server_handshake(&mut s, &secret) {
-                Err(e) => eprintln!("oxmpi: rank {rank}: refused connection from {peer}: {e}"),
-                Ok(id) => eprintln!("oxmpi: rank {rank}: dropped late connection from rank {id} ({peer})"),
+    let _ = std::thread::Builder::new()
+        .name("oxmpi-tcp-listen".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                match auth::server_handshake(&mut s, &secret) {
+                    Err(e) => eprintln!("oxmpi: rank {rank}: refused connection from {peer}: {e}"),
+                    Ok(id) => eprintln!(
+                        "oxmpi: rank {rank}: dropped late connection from rank {id} ({peer})"
+                    ),
+                }
             }
-        }
-    });
+        });
 }
 
 impl Tcp {
@@ -120,8 +131,9 @@ impl Tcp {
         timeout: Duration,
     ) -> Result<Self, FabricError> {
         let deadline = Instant::now() + timeout;
-        let expected: Vec<Rank> =
-            (rank + 1..size).filter(|&p| addrs[p as usize].is_some()).collect();
+        let expected: Vec<Rank> = (rank + 1..size)
+            .filter(|&p| addrs[p as usize].is_some())
+            .collect();
         let accept_secret = secret.clone();
         let accepter = std::thread::Builder::new().name("oxmpi-tcp-accept".into()).spawn(
             move || -> Result<(Vec<(Rank, TcpStream)>, TcpListener), FabricError> {
@@ -158,7 +170,9 @@ impl Tcp {
         )?;
         let mut streams: Vec<(Rank, TcpStream)> = Vec::new();
         for p in 0..rank {
-            let Some(addr) = addrs[p as usize] else { continue };
+            let Some(addr) = addrs[p as usize] else {
+                continue;
+            };
             let mut s = loop {
                 match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                     Ok(s) => break s,
@@ -167,7 +181,9 @@ impl Tcp {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => {
-                        return Err(FabricError::Setup(format!("connecting to rank {p} at {addr}: {e}")))
+                        return Err(FabricError::Setup(format!(
+                            "connecting to rank {p} at {addr}: {e}"
+                        )))
                     }
                 }
             };
@@ -185,7 +201,11 @@ impl Tcp {
     }
 
     /// Builds the fabric over already authenticated streams.
-    pub fn from_streams(rank: Rank, size: u32, streams: Vec<(Rank, TcpStream)>) -> Result<Self, FabricError> {
+    pub fn from_streams(
+        rank: Rank,
+        size: u32,
+        streams: Vec<(Rank, TcpStream)>,
+    ) -> Result<Self, FabricError> {
         // SAFETY: epoll_create1 has no memory-safety preconditions; the result is checked.
         let epoll = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         let mut conns: Vec<Option<Conn>> = (0..size).map(|_| None).collect();
@@ -193,7 +213,10 @@ impl Tcp {
             s.set_read_timeout(None)?;
             s.set_nonblocking(true)?;
             tune(&s)?;
-            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: peer as u64 };
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: peer as u64,
+            };
             // SAFETY: registering a valid socket fd with a valid epoll fd and event struct.
             cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) })?;
             conns[peer as usize] = Some(Conn {
@@ -223,9 +246,14 @@ impl Tcp {
     }
 
     fn conn(&mut self, peer: Rank) -> Result<&mut Conn, FabricError> {
-        let c = self.conns[peer as usize].as_mut().expect("peer routed to tcp has a connection");
+        let c = self.conns[peer as usize]
+            .as_mut()
+            .expect("peer routed to tcp has a connection");
         if let Some(why) = &c.lost {
-            return Err(FabricError::PeerLost { peer, why: why.clone() });
+            return Err(FabricError::PeerLost {
+                peer,
+                why: why.clone(),
+            });
         }
         Ok(c)
     }
@@ -236,9 +264,14 @@ impl Tcp {
         }
         c.want_out = want;
         let bits = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
-        let mut ev = libc::epoll_event { events: bits, u64: peer as u64 };
+        let mut ev = libc::epoll_event {
+            events: bits,
+            u64: peer as u64,
+        };
         // SAFETY: modifying the registration of a socket fd registered in `from_streams`.
-        let _ = cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), &mut ev) });
+        let _ = cvt(unsafe {
+            libc::epoll_ctl(epoll, libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), &mut ev)
+        });
     }
 
     /// Writes as much of the backlog as the socket takes.
@@ -259,7 +292,10 @@ impl Tcp {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     c.lost = Some(e.to_string());
-                    return Err(FabricError::PeerLost { peer, why: e.to_string() });
+                    return Err(FabricError::PeerLost {
+                        peer,
+                        why: e.to_string(),
+                    });
                 }
             }
         }
@@ -274,7 +310,11 @@ impl Tcp {
     }
 
     /// Reads what is available from `peer` and hands out complete frames.
-    fn read_peer(&mut self, peer: Rank, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+    fn read_peer(
+        &mut self,
+        peer: Rank,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<usize, FabricError> {
         let c = self.conns[peer as usize].as_mut().expect("registered peer");
         if c.lost.is_some() {
             return Ok(0);
@@ -289,14 +329,20 @@ impl Tcp {
             let n = match c.stream.read(&mut c.rx[c.rx_end..]) {
                 Ok(0) => {
                     c.lost = Some("connection closed".into());
-                    return Err(FabricError::PeerLost { peer, why: "connection closed by peer".into() });
+                    return Err(FabricError::PeerLost {
+                        peer,
+                        why: "connection closed by peer".into(),
+                    });
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     c.lost = Some(e.to_string());
-                    return Err(FabricError::PeerLost { peer, why: e.to_string() });
+                    return Err(FabricError::PeerLost {
+                        peer,
+                        why: e.to_string(),
+                    });
                 }
             };
             c.rx_end += n;
@@ -319,7 +365,11 @@ impl Tcp {
                 }
                 let header: &Header = p[PREFIX..PREFIX + HEADER_LEN].try_into().expect("48");
                 let payload = &p[PREFIX + HEADER_LEN..PREFIX + HEADER_LEN + len];
-                on(Event::Frame { peer, header, payload });
+                on(Event::Frame {
+                    peer,
+                    header,
+                    payload,
+                });
                 events += 1;
                 c.rx_start += PREFIX + HEADER_LEN + len;
             }
@@ -341,8 +391,10 @@ impl Tcp {
     fn epoll_wait(&mut self, timeout_ms: i32) -> usize {
         let cap = self.events.len() as i32;
         // SAFETY: the events buffer holds `cap` entries; epoll fd is valid.
-        cvt_retry(|| unsafe { libc::epoll_wait(self.epoll, self.events.as_mut_ptr(), cap, timeout_ms) })
-            .unwrap_or(0) as usize
+        cvt_retry(|| unsafe {
+            libc::epoll_wait(self.epoll, self.events.as_mut_ptr(), cap, timeout_ms)
+        })
+        .unwrap_or(0) as usize
     }
 }
 
@@ -370,8 +422,14 @@ impl Fabric for Tcp {
         let mut written = 0;
         if c.backlog.is_empty() {
             let iov = [
-                libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
-                libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
+                libc::iovec {
+                    iov_base: head.as_ptr() as *mut _,
+                    iov_len: head.len(),
+                },
+                libc::iovec {
+                    iov_base: payload.as_ptr() as *mut _,
+                    iov_len: payload.len(),
+                },
             ];
             let msg = libc::msghdr {
                 msg_name: std::ptr::null_mut(),
@@ -383,12 +441,17 @@ impl Fabric for Tcp {
                 msg_flags: 0,
             };
             // SAFETY: both iovecs describe live, initialized buffers for the call's duration.
-            match cvt_retry(|| unsafe { libc::sendmsg(c.stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) }) {
+            match cvt_retry(|| unsafe {
+                libc::sendmsg(c.stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+            }) {
                 Ok(n) => written = n as usize,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     c.lost = Some(e.to_string());
-                    return Err(FabricError::PeerLost { peer, why: e.to_string() });
+                    return Err(FabricError::PeerLost {
+                        peer,
+                        why: e.to_string(),
+                    });
                 }
             }
             if written == total {
@@ -401,14 +464,23 @@ impl Fabric for Tcp {
             c.backlog.extend_from_slice(&head[written..]);
             c.backlog.extend_from_slice(payload);
         } else {
-            c.backlog.extend_from_slice(&payload[written - head.len()..]);
+            c.backlog
+                .extend_from_slice(&payload[written - head.len()..]);
         }
         Self::set_out_interest(epoll, peer, c, true);
         Ok(Sent::Done)
     }
 
-    fn read(&mut self, peer: Rank, _remote: RemoteKey, _offset: u64, _dst: &mut [u8]) -> Result<(), FabricError> {
-        Err(FabricError::Rma(format!("tcp offers no remote reads (rank {peer})")))
+    fn read(
+        &mut self,
+        peer: Rank,
+        _remote: RemoteKey,
+        _offset: u64,
+        _dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        Err(FabricError::Rma(format!(
+            "tcp offers no remote reads (rank {peer})"
+        )))
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {

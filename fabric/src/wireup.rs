@@ -41,8 +41,16 @@ impl FabricChoice {
 
 /// This host's identity: hostname and kernel boot id.
 pub fn host_id() -> String {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
-    format!("{}/{}", read("/proc/sys/kernel/hostname"), read("/proc/sys/kernel/random/boot_id"))
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id")
+    )
 }
 
 struct Card {
@@ -54,13 +62,24 @@ struct Card {
 
 impl Card {
     fn encode(&self) -> String {
-        let tcp = self.tcp.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-        format!("host={};pid={};seg={:x};tcp={}", self.host, self.pid, self.seg, tcp)
+        let tcp = self
+            .tcp
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "host={};pid={};seg={:x};tcp={}",
+            self.host, self.pid, self.seg, tcp
+        )
     }
 
     fn decode(s: &str) -> Result<Self, FabricError> {
         let bad = || FabricError::Setup(format!("malformed wire-up card {s:?}"));
-        let mut c = Card { host: String::new(), pid: 0, seg: 0, tcp: None };
+        let mut c = Card {
+            host: String::new(),
+            pid: 0,
+            seg: 0,
+            tcp: None,
+        };
         for kv in s.split(';') {
             let (k, v) = kv.split_once('=').ok_or_else(bad)?;
             match k {
@@ -90,7 +109,10 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     };
     let listener = if choice != FabricChoice::Shm {
         let bind = std::env::var("OXMPI_TCP_BIND").unwrap_or_else(|_| "127.0.0.1:0".into());
-        Some(tcp::listen(&bind).map_err(|e| FabricError::Setup(format!("TCP listen on {bind}: {e}")))?)
+        Some(
+            tcp::listen(&bind)
+                .map_err(|e| FabricError::Setup(format!("TCP listen on {bind}: {e}")))?,
+        )
     } else {
         None
     };
@@ -102,8 +124,9 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     };
     kvs.put(&format!("card-{rank}"), &card.encode())?;
     kvs.fence()?;
-    let cards: Vec<Card> =
-        (0..size).map(|p| Card::decode(&kvs.get(&format!("card-{p}"))?)).collect::<Result<_, _>>()?;
+    let cards: Vec<Card> = (0..size)
+        .map(|p| Card::decode(&kvs.get(&format!("card-{p}"))?))
+        .collect::<Result<_, _>>()?;
 
     let allow_cma = std::env::var("OXMPI_SHM_CMA").map_or(true, |v| v != "0");
     let mut shm_peers = Vec::new();
@@ -122,7 +145,12 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
             let cma = allow_cma
                 && shm::cma_read(c.pid, c.seg, &mut probe).is_ok()
                 && u64::from_ne_bytes(probe) == Segment::magic();
-            shm_peers.push(ShmPeer { rank: p, pid: c.pid, cma, segment });
+            shm_peers.push(ShmPeer {
+                rank: p,
+                pid: c.pid,
+                cma,
+                segment,
+            });
             route_kind[p as usize] = Some("shm");
         } else if choice == FabricChoice::Shm {
             return Err(FabricError::Setup(format!(
@@ -130,9 +158,10 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
                 c.host
             )));
         } else {
-            tcp_addrs[p as usize] = Some(c.tcp.ok_or_else(|| {
-                FabricError::Setup(format!("rank {p} has no TCP listener"))
-            })?);
+            tcp_addrs[p as usize] = Some(
+                c.tcp
+                    .ok_or_else(|| FabricError::Setup(format!("rank {p} has no TCP listener")))?,
+            );
             route_kind[p as usize] = Some("tcp");
         }
     }
@@ -152,7 +181,14 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     }
     if has_tcp {
         let listener = listener.expect("tcp addresses imply a listener");
-        backends.push(Box::new(Tcp::wire_up(rank, size, listener, &tcp_addrs, &env.secret, env.boot_timeout)?));
+        backends.push(Box::new(Tcp::wire_up(
+            rank,
+            size,
+            listener,
+            &tcp_addrs,
+            &env.secret,
+            env.boot_timeout,
+        )?));
     }
     // Backends are pushed shm first, then tcp.
     let route = route_kind
@@ -168,9 +204,17 @@ mod tests {
 
     #[test]
     fn card_round_trip() {
-        let c = Card { host: "h/b".into(), pid: 42, seg: 0xdead_beef, tcp: Some("127.0.0.1:5".parse().unwrap()) };
+        let c = Card {
+            host: "h/b".into(),
+            pid: 42,
+            seg: 0xdead_beef,
+            tcp: Some("127.0.0.1:5".parse().unwrap()),
+        };
         let d = Card::decode(&c.encode()).unwrap();
-        assert_eq!((d.host.as_str(), d.pid, d.seg, d.tcp), ("h/b", 42, 0xdead_beef, c.tcp));
+        assert_eq!(
+            (d.host.as_str(), d.pid, d.seg, d.tcp),
+            ("h/b", 42, 0xdead_beef, c.tcp)
+        );
         assert!(Card::decode("host=x;bogus").is_err());
     }
 }

@@ -25,7 +25,11 @@ fn main() -> Result<(), oxmpi::Error> {
     }
     for size in opts.sizes() {
         let (iters, warmup) = opts.iters_for(size);
-        let iters = if size > oxmpi_bench::LARGE { (iters * 2 / 10).max(10) } else { iters };
+        let iters = if size > oxmpi_bench::LARGE {
+            (iters * 2 / 10).max(10)
+        } else {
+            iters
+        };
         world.barrier()?;
         let mut start = Instant::now();
         for i in 0..iters + warmup {

@@ -16,7 +16,11 @@ fn main() -> Result<(), oxmpi::Error> {
         std::process::exit(1);
     }
     let half = n / 2;
-    let (peer, pinger) = if me < half { (me + half, true) } else { (me - half, false) };
+    let (peer, pinger) = if me < half {
+        (me + half, true)
+    } else {
+        (me - half, false)
+    };
     let sbuf = buffer(opts.max, b'a');
     let mut rbuf = buffer(opts.max, b'b');
     if me == 0 {

@@ -42,7 +42,9 @@ impl Secret {
     pub fn from_hex(s: &str) -> Result<Self, BootstrapError> {
         let s = s.trim();
         if s.len() != 64 || !s.is_ascii() {
-            return Err(BootstrapError::BadEnv("secret must be 64 hex digits".into()));
+            return Err(BootstrapError::BadEnv(
+                "secret must be 64 hex digits".into(),
+            ));
         }
         let mut b = [0u8; 32];
         for (i, byte) in b.iter_mut().enumerate() {
@@ -94,14 +96,19 @@ pub fn client_handshake<S: Read + Write>(
         .map_err(|e| BootstrapError::Auth(format!("no handshake reply: {e}")))?;
     let (nonce_s, mac_s) = reply.split_at(NONCE);
     if !ct_eq(mac_s, &secret.mac(&[b"srv", &nonce_c, nonce_s])) {
-        return Err(BootstrapError::Auth("the server does not hold the job secret".into()));
+        return Err(BootstrapError::Auth(
+            "the server does not hold the job secret".into(),
+        ));
     }
     s.write_all(&secret.mac(&[b"cli", nonce_s, &nonce_c, &id.to_le_bytes()]))?;
     let mut ok = [0u8; 1];
-    s.read_exact(&mut ok)
-        .map_err(|_| BootstrapError::Auth("the server refused our proof of the job secret".into()))?;
+    s.read_exact(&mut ok).map_err(|_| {
+        BootstrapError::Auth("the server refused our proof of the job secret".into())
+    })?;
     if ok[0] != b'K' {
-        return Err(BootstrapError::Auth("the server refused our proof of the job secret".into()));
+        return Err(BootstrapError::Auth(
+            "the server refused our proof of the job secret".into(),
+        ));
     }
     Ok(())
 }
@@ -115,7 +122,9 @@ pub fn server_handshake<S: Read + Write>(
     s.read_exact(&mut hello)
         .map_err(|e| BootstrapError::Auth(format!("incomplete hello: {e}")))?;
     if &hello[..6] != MAGIC {
-        return Err(BootstrapError::Auth("not an oxmpi connection (bad magic)".into()));
+        return Err(BootstrapError::Auth(
+            "not an oxmpi connection (bad magic)".into(),
+        ));
     }
     let nonce_c = &hello[6..6 + NONCE];
     let id_bytes = &hello[6 + NONCE..];
@@ -129,7 +138,9 @@ pub fn server_handshake<S: Read + Write>(
     s.read_exact(&mut mac_c)
         .map_err(|e| BootstrapError::Auth(format!("no proof of the job secret: {e}")))?;
     if !ct_eq(&mac_c, &secret.mac(&[b"cli", &nonce_s, nonce_c, id_bytes])) {
-        return Err(BootstrapError::Auth("the client does not hold the job secret".into()));
+        return Err(BootstrapError::Auth(
+            "the client does not hold the job secret".into(),
+        ));
     }
     s.write_all(b"K")?;
     Ok(u32::from_le_bytes(id_bytes.try_into().expect("4 bytes")))
@@ -140,7 +151,10 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
-    fn run(server_secret: Secret, client_secret: Secret) -> (Result<u32, String>, Result<(), String>) {
+    fn run(
+        server_secret: Secret,
+        client_secret: Secret,
+    ) -> (Result<u32, String>, Result<(), String>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {

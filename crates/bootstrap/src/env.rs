@@ -66,7 +66,9 @@ impl JobEnv {
         let rank = parse(RANK, Some(rank))?;
         let size = parse(SIZE, get(SIZE))?;
         if size == 0 || rank >= size {
-            return Err(BootstrapError::BadEnv(format!("rank {rank} with size {size}")));
+            return Err(BootstrapError::BadEnv(format!(
+                "rank {rank} with size {size}"
+            )));
         }
         let secret = Secret::from_hex(
             &get(SECRET).ok_or_else(|| BootstrapError::BadEnv(format!("{SECRET} is not set")))?,

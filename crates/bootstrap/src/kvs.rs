@@ -68,16 +68,22 @@ impl KvsServer {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let (tx, events) = mpsc::channel();
-        let shared = Arc::new(Shared { size, state: Mutex::default(), cv: Condvar::new() });
-        std::thread::Builder::new().name("oxrun-kvs".into()).spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(stream) = conn else { continue };
-                let (shared, secret, tx) = (shared.clone(), secret.clone(), tx.clone());
-                let _ = std::thread::Builder::new()
-                    .name("oxrun-kvs-conn".into())
-                    .spawn(move || serve(stream, &shared, &secret, &tx));
-            }
-        })?;
+        let shared = Arc::new(Shared {
+            size,
+            state: Mutex::default(),
+            cv: Condvar::new(),
+        });
+        std::thread::Builder::new()
+            .name("oxrun-kvs".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(stream) = conn else { continue };
+                    let (shared, secret, tx) = (shared.clone(), secret.clone(), tx.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("oxrun-kvs-conn".into())
+                        .spawn(move || serve(stream, &shared, &secret, &tx));
+                }
+            })?;
         Ok(Self { addr, events })
     }
 
@@ -93,24 +99,35 @@ impl KvsServer {
 }
 
 fn serve(mut stream: TcpStream, sh: &Shared, secret: &Secret, tx: &mpsc::Sender<KvsEvent>) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let rank = match auth::server_handshake(&mut stream, secret) {
         Ok(r) if r < sh.size => r,
         Ok(r) => {
-            let _ = tx.send(KvsEvent::Refused { peer, why: format!("rank {r} out of range") });
+            let _ = tx.send(KvsEvent::Refused {
+                peer,
+                why: format!("rank {r} out of range"),
+            });
             return;
         }
         Err(e) => {
-            let _ = tx.send(KvsEvent::Refused { peer, why: e.to_string() });
+            let _ = tx.send(KvsEvent::Refused {
+                peer,
+                why: e.to_string(),
+            });
             return;
         }
     };
     let _ = stream.set_read_timeout(None);
     sh.state.lock().unwrap().connected.insert(rank);
     let _ = tx.send(KvsEvent::Connected(rank));
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut lines = BufReader::new(read_half);
     let mut line = String::new();
     loop {
@@ -122,7 +139,11 @@ fn serve(mut stream: TcpStream, sh: &Shared, secret: &Secret, tx: &mpsc::Sender<
         let mut words = line.trim_end().splitn(3, ' ');
         let reply = match (words.next(), words.next(), words.next()) {
             (Some("PUT"), Some(k), Some(v)) => {
-                sh.state.lock().unwrap().kv.insert(k.to_string(), v.to_string());
+                sh.state
+                    .lock()
+                    .unwrap()
+                    .kv
+                    .insert(k.to_string(), v.to_string());
                 "OK".to_string()
             }
             (Some("GET"), Some(k), None) => {
@@ -176,7 +197,10 @@ pub struct KvsClient {
 impl KvsClient {
     /// Connects and authenticates, retrying until the job's boot timeout.
     pub fn connect(env: &JobEnv) -> Result<Self, BootstrapError> {
-        let addr = env.kvs.as_deref().ok_or_else(|| BootstrapError::BadEnv("no KVS address".into()))?;
+        let addr = env
+            .kvs
+            .as_deref()
+            .ok_or_else(|| BootstrapError::BadEnv("no KVS address".into()))?;
         let deadline = Instant::now() + env.boot_timeout;
         let mut stream = loop {
             match TcpStream::connect(addr) {
@@ -196,17 +220,27 @@ impl KvsClient {
         stream.set_read_timeout(Some(env.boot_timeout))?;
         stream.set_write_timeout(Some(env.boot_timeout))?;
         auth::client_handshake(&mut stream, &env.secret, env.rank)?;
-        Ok(Self { stream: BufReader::new(stream), timeout: env.boot_timeout })
+        Ok(Self {
+            stream: BufReader::new(stream),
+            timeout: env.boot_timeout,
+        })
     }
 
     fn call(&mut self, req: &str) -> Result<String, BootstrapError> {
-        self.stream.get_mut().write_all(format!("{req}\n").as_bytes())?;
+        self.stream
+            .get_mut()
+            .write_all(format!("{req}\n").as_bytes())?;
         let mut line = String::new();
         match self.stream.read_line(&mut line) {
-            Ok(0) => Err(BootstrapError::Kvs("the key-value service closed the connection".into())),
+            Ok(0) => Err(BootstrapError::Kvs(
+                "the key-value service closed the connection".into(),
+            )),
             Ok(_) => Ok(line.trim_end().to_string()),
             Err(e)
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 Err(BootstrapError::Timeout(format!(
                     "no answer to {} within {:?}: some rank has not reached wire-up",
@@ -220,7 +254,9 @@ impl KvsClient {
 
     fn check_word(s: &str) -> Result<(), BootstrapError> {
         if s.is_empty() || s.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-            return Err(BootstrapError::Kvs(format!("{s:?} is not a single printable word")));
+            return Err(BootstrapError::Kvs(format!(
+                "{s:?} is not a single printable word"
+            )));
         }
         Ok(())
     }
@@ -248,7 +284,10 @@ impl KvsClient {
 
     /// Asks the launcher to bring the job down with `code`.
     pub fn abort(&mut self, code: i32, msg: &str) -> Result<(), BootstrapError> {
-        let msg: String = msg.chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
+        let msg: String = msg
+            .chars()
+            .map(|c| if c == '\n' { ' ' } else { c })
+            .collect();
         self.expect_ok(&format!("ABORT {code} {msg}"))
     }
 
@@ -287,7 +326,9 @@ mod tests {
                     let mut c = KvsClient::connect(&env(r, 3, addr, &secret)).unwrap();
                     c.put(&format!("k{r}"), &format!("v{r}")).unwrap();
                     c.fence().unwrap();
-                    (0..3).map(|p| c.get(&format!("k{p}")).unwrap()).collect::<Vec<_>>()
+                    (0..3)
+                        .map(|p| c.get(&format!("k{p}")).unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

@@ -46,7 +46,10 @@ impl std::error::Error for BootstrapError {}
 
 impl From<std::io::Error> for BootstrapError {
     fn from(e: std::io::Error) -> Self {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             Self::Timeout(e.to_string())
         } else {
             Self::Io(e)

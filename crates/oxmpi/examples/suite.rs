@@ -40,7 +40,10 @@ fn flood(w: &Communicator) -> Result<(), Error> {
                 let st = w.recv_into(&mut buf, s, (k % 5) as i32)?;
                 let got = st.count::<u64>()? as usize;
                 assert_eq!(got, flood_len(k), "length of message {k} from {s}");
-                assert!(buf[..got].iter().all(|&x| x == word(s, k)), "content of message {k} from {s}");
+                assert!(
+                    buf[..got].iter().all(|&x| x == word(s, k)),
+                    "content of message {k} from {s}"
+                );
             }
         }
     }
@@ -65,7 +68,12 @@ fn wildcard(w: &Communicator) -> Result<(), Error> {
             let mut x = [0u64];
             let st = w.recv_into(&mut x, ANY_SOURCE, ANY_TAG)?;
             let k = next[st.source as usize];
-            assert_eq!(x[0], word(st.source, k), "non-overtaking order from {}", st.source);
+            assert_eq!(
+                x[0],
+                word(st.source, k),
+                "non-overtaking order from {}",
+                st.source
+            );
             assert_eq!(st.tag, (k % 3) as i32);
             next[st.source as usize] += 1;
         }
@@ -135,10 +143,18 @@ fn truncate(w: &Communicator) -> Result<(), Error> {
         } else if w.rank() == 1 {
             let mut small = [0u8; 50];
             match w.recv_into(&mut small, 0, 1) {
-                Err(Error::Truncated { source: 0, tag: 1, len: l, capacity: 50 }) => assert_eq!(l, len as u64),
+                Err(Error::Truncated {
+                    source: 0,
+                    tag: 1,
+                    len: l,
+                    capacity: 50,
+                }) => assert_eq!(l, len as u64),
                 other => panic!("expected a truncation error, got {other:?}"),
             }
-            assert!(small.iter().all(|&b| b == 5), "the buffer holds the message's first bytes");
+            assert!(
+                small.iter().all(|&b| b == 5),
+                "the buffer holds the message's first bytes"
+            );
             let mut next = [0u8; 10];
             w.recv_into(&mut next, 0, 1)?;
             assert_eq!(next, [6u8; 10]);
@@ -149,10 +165,18 @@ fn truncate(w: &Communicator) -> Result<(), Error> {
 
 fn invalid(w: &Communicator) -> Result<(), Error> {
     let n = w.size();
-    assert!(matches!(w.send(&[1u8], n, 0), Err(Error::InvalidRank { rank, size }) if rank == n && size == n));
-    assert!(matches!(w.recv_into(&mut [0u8], n + 5, 0), Err(Error::InvalidRank { .. })));
+    assert!(
+        matches!(w.send(&[1u8], n, 0), Err(Error::InvalidRank { rank, size }) if rank == n && size == n)
+    );
+    assert!(matches!(
+        w.recv_into(&mut [0u8], n + 5, 0),
+        Err(Error::InvalidRank { .. })
+    ));
     assert!(matches!(w.send(&[1u8], 0, -3), Err(Error::InvalidTag(-3))));
-    assert!(matches!(w.send_obj(&1u8, n, 0), Err(Error::InvalidRank { .. })));
+    assert!(matches!(
+        w.send_obj(&1u8, n, 0),
+        Err(Error::InvalidRank { .. })
+    ));
     // Nothing was disturbed: a normal exchange still works.
     let right = (w.rank() + 1) % n;
     let left = (w.rank() + n - 1) % n;
@@ -168,13 +192,19 @@ fn big(w: &Communicator, mib: usize) -> Result<(), Error> {
     let me = w.rank();
     let right = (me + 1) % n;
     let left = (me + n - 1) % n;
-    let send: Vec<u32> = (0..words as u32).map(|i| i.wrapping_mul(2_654_435_761) ^ me).collect();
+    let send: Vec<u32> = (0..words as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) ^ me)
+        .collect();
     let mut recv = vec![0u32; words];
     let st = w.sendrecv(&send, right, 4, &mut recv, left, 4)?;
     assert_eq!(st.bytes, (words * 4) as u64);
     drop(send);
     for (i, x) in recv.iter().enumerate() {
-        assert_eq!(*x, (i as u32).wrapping_mul(2_654_435_761) ^ left, "word {i} of the message from {left}");
+        assert_eq!(
+            *x,
+            (i as u32).wrapping_mul(2_654_435_761) ^ left,
+            "word {i} of the message from {left}"
+        );
     }
     w.barrier()
 }
@@ -186,18 +216,27 @@ fn secret(w: &Communicator) -> Result<(), Error> {
         let env = JobEnv::from_env().expect("launched by oxrun");
         // The key-value service refuses a client that does not hold the secret.
         let mut s = TcpStream::connect(env.kvs.as_deref().unwrap()).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         let r = auth::client_handshake(&mut s, &Secret::random(), 0);
         assert!(r.is_err(), "KVS accepted a client without the secret");
         // So does a rank's TCP listener, if this job has one.
         let mut kvs = KvsClient::connect(&env).unwrap();
         let card = kvs.get(&format!("card-{}", n_minus_one(w))).unwrap();
-        if let Some(addr) = card.split(';').find_map(|kv| kv.strip_prefix("tcp=")).filter(|a| *a != "-") {
+        if let Some(addr) = card
+            .split(';')
+            .find_map(|kv| kv.strip_prefix("tcp="))
+            .filter(|a| *a != "-")
+        {
             let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
             let r = auth::client_handshake(&mut s, &Secret::random(), 0);
             assert!(r.is_err(), "a rank accepted a client without the secret");
-            println!("refused as expected by the listener of rank {}", n_minus_one(w));
+            println!(
+                "refused as expected by the listener of rank {}",
+                n_minus_one(w)
+            );
         }
         println!("refused as expected by the key-value service");
     }
@@ -213,7 +252,10 @@ fn main() -> Result<(), Error> {
     let universe = oxmpi::init()?;
     let w = universe.world();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mib = std::env::var("SUITE_BIG_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let mib = std::env::var("SUITE_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     for a in &args {
         match a.as_str() {
             "flood" => flood(&w)?,

@@ -28,14 +28,25 @@ pub struct Communicator {
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Communicator(rank {} of {}, context {})", self.rank, self.size(), self.ctx)
+        write!(
+            f,
+            "Communicator(rank {} of {}, context {})",
+            self.rank,
+            self.size(),
+            self.ctx
+        )
     }
 }
 
 impl Communicator {
     pub(crate) fn new(state: Rc<State>, group: Group, ctx: u32) -> Self {
         let rank = group.from_world(state.rank).expect("this rank is a member");
-        Self { state, group: Rc::new(group), ctx, rank }
+        Self {
+            state,
+            group: Rc::new(group),
+            ctx,
+            rank,
+        }
     }
 
     /// This process's rank in the communicator (`MPI_Comm_rank`).
@@ -66,18 +77,27 @@ impl Communicator {
     }
 
     pub(crate) fn status(&self, s: oxmpi_p2p::Status) -> Status {
-        Status { source: self.group.from_world(s.source).unwrap_or(s.source), tag: s.tag, bytes: s.bytes }
+        Status {
+            source: self.group.from_world(s.source).unwrap_or(s.source),
+            tag: s.tag,
+            bytes: s.bytes,
+        }
     }
 
     pub(crate) fn finish(&self, c: Completion) -> Result<Status, Error> {
-        c.result.map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)))?;
+        c.result
+            .map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)))?;
         Ok(self.status(c.status))
     }
 
     /// Waits for `id` and takes its outcome.
     pub(crate) fn wait_id(&self, id: ReqId) -> Completion {
         self.state.wait_until(|e| e.is_done(id));
-        self.state.progress().engine.take(id).expect("request completed")
+        self.state
+            .progress()
+            .engine
+            .take(id)
+            .expect("request completed")
     }
 
     fn settle(&self) -> impl FnOnce(&dyn Fn() -> bool) + '_ {
@@ -90,7 +110,11 @@ impl Communicator {
         lend_scope(
             |l| {
                 let mem = l.lend(bytes);
-                let id = self.state.progress().engine.isend(self.ctx, dest, tag, mem, mode);
+                let id = self
+                    .state
+                    .progress()
+                    .engine
+                    .isend(self.ctx, dest, tag, mem, mode);
                 self.finish(self.wait_id(id)).map(drop)
             },
             self.settle(),
@@ -121,7 +145,11 @@ impl Communicator {
         lend_scope(
             |l| {
                 let mem = l.lend_mut(bytes);
-                let id = self.state.progress().engine.irecv(self.ctx, src, tag, Some(mem));
+                let id = self
+                    .state
+                    .progress()
+                    .engine
+                    .irecv(self.ctx, src, tag, Some(mem));
                 self.finish(self.wait_id(id))
             },
             self.settle(),
@@ -142,13 +170,23 @@ impl Communicator {
     }
 
     /// Sends any serializable value (mpi4py's lowercase `send`).
-    pub fn send_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<(), Error> {
+    pub fn send_obj<S: Serialize + ?Sized>(
+        &self,
+        obj: &S,
+        dest: u32,
+        tag: i32,
+    ) -> Result<(), Error> {
         let bytes = encode(obj)?;
         self.send_bytes(&bytes, dest, tag, SendMode::Standard)
     }
 
     /// Sends a value in synchronous mode.
-    pub fn ssend_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<(), Error> {
+    pub fn ssend_obj<S: Serialize + ?Sized>(
+        &self,
+        obj: &S,
+        dest: u32,
+        tag: i32,
+    ) -> Result<(), Error> {
         let bytes = encode(obj)?;
         self.send_bytes(&bytes, dest, tag, SendMode::Synchronous)
     }
@@ -163,11 +201,20 @@ impl Communicator {
     }
 
     /// Starts sending a value; the request owns the encoded bytes (mpi4py's `isend`).
-    pub fn isend_obj<S: Serialize + ?Sized>(&self, obj: &S, dest: u32, tag: i32) -> Result<Request<'static>, Error> {
+    pub fn isend_obj<S: Serialize + ?Sized>(
+        &self,
+        obj: &S,
+        dest: u32,
+        tag: i32,
+    ) -> Result<Request<'static>, Error> {
         let dest = self.dest(dest)?;
         let tag = check_tag(tag)?;
         let mem = MemRef::owned(encode(obj)?);
-        let id = self.state.progress().engine.isend(self.ctx, dest, tag, mem, SendMode::Standard);
+        let id = self
+            .state
+            .progress()
+            .engine
+            .isend(self.ctx, dest, tag, mem, SendMode::Standard);
         Ok(Request::new(self.clone(), id))
     }
 
@@ -215,7 +262,11 @@ impl Communicator {
     }
 
     /// Checks for a matching message without receiving it (`MPI_Iprobe`).
-    pub fn iprobe(&self, source: impl Into<Source>, tag: impl Into<Tag>) -> Result<Option<Status>, Error> {
+    pub fn iprobe(
+        &self,
+        source: impl Into<Source>,
+        tag: impl Into<Tag>,
+    ) -> Result<Option<Status>, Error> {
         let src = self.source(source.into())?;
         let tag = tag.into().raw()?;
         let mut p = self.state.progress();
@@ -241,7 +292,13 @@ impl Communicator {
             let from = self.group.to_world((me + n - dist) % n) as i32;
             let (sid, rid) = {
                 let mut p = self.state.progress();
-                let sid = p.engine.isend(ctx, to, round, MemRef::owned(Vec::new()), SendMode::Standard);
+                let sid = p.engine.isend(
+                    ctx,
+                    to,
+                    round,
+                    MemRef::owned(Vec::new()),
+                    SendMode::Standard,
+                );
                 let rid = p.engine.irecv(ctx, from, round, None);
                 (sid, rid)
             };

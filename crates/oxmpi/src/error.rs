@@ -86,9 +86,17 @@ impl std::error::Error for Error {}
 impl Error {
     pub(crate) fn from_p2p(e: P2pError, to_comm: impl Fn(u32) -> u32) -> Self {
         match e {
-            P2pError::Truncated { source, tag, len, capacity } => {
-                Self::Truncated { source: to_comm(source), tag, len, capacity }
-            }
+            P2pError::Truncated {
+                source,
+                tag,
+                len,
+                capacity,
+            } => Self::Truncated {
+                source: to_comm(source),
+                tag,
+                len,
+                capacity,
+            },
             P2pError::PeerLost { rank, why } => Self::PeerLost { rank, why },
             P2pError::Rma(m) => Self::Fabric(m),
             other => Self::Fabric(other.to_string()),

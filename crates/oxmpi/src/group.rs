@@ -10,7 +10,10 @@ pub struct Group {
 impl Group {
     /// The world group of `size` ranks.
     pub fn world(size: u32) -> Self {
-        Self { ranks: (0..size).collect(), identity: true }
+        Self {
+            ranks: (0..size).collect(),
+            identity: true,
+        }
     }
 
     /// A group of the given world ranks, in order.

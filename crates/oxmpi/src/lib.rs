@@ -55,7 +55,11 @@ pub struct Universe {
 
 impl std::fmt::Debug for Universe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Universe(rank {} of {})", self.state.rank, self.state.size)
+        write!(
+            f,
+            "Universe(rank {} of {})",
+            self.state.rank, self.state.size
+        )
     }
 }
 
@@ -66,7 +70,10 @@ pub fn init() -> Result<Universe> {
         return Err(Error::AlreadyInitialized);
     }
     let env = JobEnv::from_env()?;
-    if let Some(cpu) = std::env::var("OXMPI_BIND_CPU").ok().and_then(|v| v.parse().ok()) {
+    if let Some(cpu) = std::env::var("OXMPI_BIND_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         if let Err(e) = oxmpi_fabric::affinity::bind_to_cpu(cpu) {
             eprintln!("oxmpi: rank {}: could not bind to cpu {cpu}: {e}", env.rank);
         }
@@ -91,15 +98,24 @@ impl Universe {
     fn from_router(fabric: Router, kvs: Option<KvsClient>) -> Self {
         let engine = Engine::for_fabric(&fabric);
         let (rank, size) = (fabric.rank(), fabric.size());
-        let local = 1 + (0..size).filter(|&p| p != rank && fabric.backend_name(p) == "shm").count();
+        let local = 1
+            + (0..size)
+                .filter(|&p| p != rank && fabric.backend_name(p) == "shm")
+                .count();
         let state = State {
-            progress: RefCell::new(Progress { engine, fabric, finalizing: false }),
+            progress: RefCell::new(Progress {
+                engine,
+                fabric,
+                finalizing: false,
+            }),
             kvs: RefCell::new(kvs),
             rank,
             size,
             policy: WaitPolicy::new(local),
         };
-        Self { state: Rc::new(state) }
+        Self {
+            state: Rc::new(state),
+        }
     }
 
     /// All ranks of the job (`MPI_COMM_WORLD`).
@@ -109,7 +125,11 @@ impl Universe {
 
     /// This rank alone (`MPI_COMM_SELF`).
     pub fn self_comm(&self) -> Communicator {
-        Communicator::new(self.state.clone(), Group::of(vec![self.state.rank]), SELF_CTX)
+        Communicator::new(
+            self.state.clone(),
+            Group::of(vec![self.state.rank]),
+            SELF_CTX,
+        )
     }
 
     /// One line per peer: which fabric and protocol thresholds reach it.
@@ -119,7 +139,11 @@ impl Universe {
         for peer in 0..self.state.size {
             let caps = p.fabric.caps(peer);
             let cfg = p.engine.config(peer);
-            let read = if cfg.read_min == usize::MAX { "never".to_string() } else { format!(">= {}", cfg.read_min) };
+            let read = if cfg.read_min == usize::MAX {
+                "never".to_string()
+            } else {
+                format!(">= {}", cfg.read_min)
+            };
             out.push_str(&format!(
                 "rank {} -> {peer}: {} (eager <= {} B, rndv/read {read}, pipeline chunk {} B)\n",
                 self.state.rank, caps.name, cfg.eager_max, cfg.chunk

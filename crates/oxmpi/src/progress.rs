@@ -25,12 +25,20 @@ impl Progress {
     /// One pass: transmit, collect arrivals, transmit what they caused.
     #[inline]
     pub fn pass(&mut self) -> usize {
-        let Self { engine, fabric, finalizing } = self;
+        let Self {
+            engine,
+            fabric,
+            finalizing,
+        } = self;
         if engine.has_tx() {
             let _ = engine.progress_tx(fabric);
         }
         let n = match fabric.poll(&mut |ev| match ev {
-            Event::Frame { peer, header, payload } => engine.handle_frame(peer, header, payload),
+            Event::Frame {
+                peer,
+                header,
+                payload,
+            } => engine.handle_frame(peer, header, payload),
         }) {
             Ok(n) => n,
             Err(e) => {
@@ -69,7 +77,10 @@ impl WaitPolicy {
     pub fn new(local_ranks: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let default_spin = if local_ranks > cores { 0 } else { 50 };
-        let spin = std::env::var("OXMPI_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(default_spin);
+        let spin = std::env::var("OXMPI_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_spin);
         Self {
             spin: Duration::from_micros(spin),
             yield_for: Duration::from_millis(2),
@@ -107,7 +118,7 @@ impl State {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 128 != 0 {
+            if !spins.is_multiple_of(128) {
                 std::hint::spin_loop();
                 continue;
             }

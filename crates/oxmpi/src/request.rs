@@ -27,7 +27,13 @@ impl<'s, 'env> Scope<'s, 'env> {
         Self { lender, comm }
     }
 
-    fn isend_mode<T: Pod>(&self, buf: &'s [T], dest: u32, tag: i32, mode: SendMode) -> Result<Request<'s>, Error> {
+    fn isend_mode<T: Pod>(
+        &self,
+        buf: &'s [T],
+        dest: u32,
+        tag: i32,
+        mode: SendMode,
+    ) -> Result<Request<'s>, Error> {
         let c = self.comm;
         let dest = c.dest(dest)?;
         let tag = check_tag(tag)?;
@@ -79,7 +85,12 @@ impl std::fmt::Debug for Request<'_> {
 
 impl<'s> Request<'s> {
     pub(crate) fn new(comm: Communicator, id: ReqId) -> Self {
-        Self { comm, id, active: true, _scope: PhantomData }
+        Self {
+            comm,
+            id,
+            active: true,
+            _scope: PhantomData,
+        }
     }
 
     fn take(&mut self) -> Option<Completion> {
@@ -131,7 +142,9 @@ impl Drop for Request<'_> {
 /// Waits for all requests (`MPI_Waitall`); returns their statuses in order, or the first error
 /// after all have completed.
 pub fn wait_all(reqs: &mut [Request<'_>]) -> Result<Vec<Status>, Error> {
-    let Some(first) = reqs.first() else { return Ok(Vec::new()) };
+    let Some(first) = reqs.first() else {
+        return Ok(Vec::new());
+    };
     let state = first.comm.state.clone();
     state.wait_until(|e| reqs.iter().all(|r| !r.active || e.is_done(r.id)));
     let mut out = Vec::with_capacity(reqs.len());
@@ -152,7 +165,9 @@ pub fn wait_all(reqs: &mut [Request<'_>]) -> Result<Vec<Status>, Error> {
 /// Waits for any one active request (`MPI_Waitany`): its index and status, or `None` when no
 /// request is active.
 pub fn wait_any(reqs: &mut [Request<'_>]) -> Result<Option<(usize, Status)>, Error> {
-    let Some(first) = reqs.iter().find(|r| r.active) else { return Ok(None) };
+    let Some(first) = reqs.iter().find(|r| r.active) else {
+        return Ok(None);
+    };
     let state = first.comm.state.clone();
     let mut which = None;
     state.wait_until(|e| {
@@ -166,7 +181,9 @@ pub fn wait_any(reqs: &mut [Request<'_>]) -> Result<Option<(usize, Status)>, Err
 
 /// Whether every request has completed (`MPI_Testall`); if so they are all collected.
 pub fn test_all(reqs: &mut [Request<'_>]) -> Result<bool, Error> {
-    let Some(first) = reqs.first() else { return Ok(true) };
+    let Some(first) = reqs.first() else {
+        return Ok(true);
+    };
     let done = {
         let mut p = first.comm.state.progress();
         p.pass();
@@ -187,7 +204,10 @@ pub struct ObjRecv<D> {
 
 impl<D: serde::de::DeserializeOwned> ObjRecv<D> {
     pub(crate) fn new(req: Request<'static>) -> Self {
-        Self { req, _t: PhantomData }
+        Self {
+            req,
+            _t: PhantomData,
+        }
     }
 
     /// Waits for the value (mpi4py's `req.wait()` on an `irecv`).

@@ -74,8 +74,11 @@ impl Status {
         if elem == 0 {
             return Ok(0);
         }
-        if self.bytes % elem as u64 != 0 {
-            return Err(Error::Count { bytes: self.bytes, elem });
+        if !self.bytes.is_multiple_of(elem as u64) {
+            return Err(Error::Count {
+                bytes: self.bytes,
+                elem,
+            });
         }
         Ok(self.bytes / elem as u64)
     }

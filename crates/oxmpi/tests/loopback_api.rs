@@ -23,9 +23,14 @@ fn ring_of_sendrecv_on_every_protocol() {
             let send: Vec<u16> = (0..len).map(|i| (i as u16) ^ me as u16).collect();
             let mut recv = vec![0u16; len];
             let left = (me + n - 1) % n;
-            let st = w.sendrecv(&send, (me + 1) % n, 1, &mut recv, left, 1).unwrap();
+            let st = w
+                .sendrecv(&send, (me + 1) % n, 1, &mut recv, left, 1)
+                .unwrap();
             assert_eq!((st.source, st.tag, st.bytes), (left, 1, 2 * len as u64));
-            assert!(recv.iter().enumerate().all(|(i, &x)| x == (i as u16) ^ left as u16));
+            assert!(recv
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i as u16) ^ left as u16));
         }
         w.barrier().unwrap();
     });
@@ -83,7 +88,18 @@ fn objects_wildcards_and_truncation() {
             w.barrier().unwrap();
             let mut small = [0u32; 2];
             let e = w.recv_into(&mut small, 1, 5).unwrap_err();
-            assert!(matches!(e, Error::Truncated { source: 1, tag: 5, len: 16, capacity: 8 }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::Truncated {
+                        source: 1,
+                        tag: 5,
+                        len: 16,
+                        capacity: 8
+                    }
+                ),
+                "{e}"
+            );
             assert_eq!(small, [1, 2]);
             let (v, _) = w.recv_vec::<u32>(1, 5).unwrap();
             assert_eq!(v, [9]);
@@ -98,7 +114,10 @@ fn objects_wildcards_and_truncation() {
                 w.send(&[9u32], 0, 5).unwrap();
             }
         }
-        assert!(matches!(w.send(&[0u8], 3, 0), Err(Error::InvalidRank { rank: 3, size: 3 })));
+        assert!(matches!(
+            w.send(&[0u8], 3, 0),
+            Err(Error::InvalidRank { rank: 3, size: 3 })
+        ));
         w.barrier().unwrap();
     });
 }

@@ -8,12 +8,19 @@ use std::time::{Duration, Instant};
 
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 fn bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} is missing: build the workspace first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -32,7 +39,11 @@ fn oxrun(n: u32, fabric: &str, args: &[&str]) -> Output {
 fn check(out: &Output, what: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }
 
 fn all_scenarios(fabric: &str) {
@@ -40,8 +51,19 @@ fn all_scenarios(fabric: &str) {
         let out = oxrun(n, fabric, &["all"]);
         check(&out, &format!("{fabric} with {n} ranks"));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        for s in ["flood", "wildcard", "zero_self", "truncate", "invalid", "big"] {
-            assert!(stdout.contains(&format!("{s}: ok on {n} rank(s)")) || stdout.contains(&format!("all: ok on {n} rank(s)")), "{stdout}");
+        for s in [
+            "flood",
+            "wildcard",
+            "zero_self",
+            "truncate",
+            "invalid",
+            "big",
+        ] {
+            assert!(
+                stdout.contains(&format!("{s}: ok on {n} rank(s)"))
+                    || stdout.contains(&format!("all: ok on {n} rank(s)")),
+                "{stdout}"
+            );
         }
     }
 }
@@ -80,11 +102,23 @@ fn a_client_without_the_secret_is_refused_and_the_job_goes_on() {
         check(&out, &format!("secret over {fabric}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stdout.contains("refused as expected by the key-value service"), "{stdout}");
-        assert!(stderr.contains("oxrun: refused a connection to the key-value service"), "{stderr}");
+        assert!(
+            stdout.contains("refused as expected by the key-value service"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains("oxrun: refused a connection to the key-value service"),
+            "{stderr}"
+        );
         if fabric == "tcp" {
-            assert!(stdout.contains("refused as expected by the listener of rank 2"), "{stdout}");
-            assert!(stderr.contains("rank 2: refused connection from"), "{stderr}");
+            assert!(
+                stdout.contains("refused as expected by the listener of rank 2"),
+                "{stdout}"
+            );
+            assert!(
+                stderr.contains("rank 2: refused connection from"),
+                "{stderr}"
+            );
         }
     }
 }
@@ -98,7 +132,11 @@ fn a_rank_exiting_with_code_3_brings_the_job_down_and_is_named() {
         assert_eq!(out.status.code(), Some(3), "{stderr}");
         assert!(stderr.contains("oxrun: rank 3 (pid"), "{stderr}");
         assert!(stderr.contains("exited with code 3"), "{stderr}");
-        assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            t.elapsed()
+        );
     }
 }
 
@@ -107,7 +145,10 @@ fn abort_brings_the_job_down_with_its_code() {
     let out = oxrun(3, "shm", &["abort"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
-    assert!(stderr.contains("rank 0 called abort with code 5"), "{stderr}");
+    assert!(
+        stderr.contains("rank 0 called abort with code 5"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -135,7 +176,10 @@ fn no_segments_are_left_in_dev_shm() {
     // A segment of a finished job would stay forever, so wait a little and look again.
     if !leftovers.is_empty() {
         std::thread::sleep(Duration::from_secs(3));
-        let still: Vec<_> = leftovers.iter().filter(|n| std::path::Path::new("/dev/shm").join(n).exists()).collect();
+        let still: Vec<_> = leftovers
+            .iter()
+            .filter(|n| std::path::Path::new("/dev/shm").join(n).exists())
+            .collect();
         assert!(still.is_empty(), "segments left behind: {still:?}");
     }
 }

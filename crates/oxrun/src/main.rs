@@ -56,11 +56,19 @@ struct Rank {
     done: Option<ExitStatus>,
 }
 
-fn forward(rank: u32, src: impl Read + Send + 'static, to_stderr: bool, tag: bool) -> JoinHandle<()> {
+fn forward(
+    rank: u32,
+    src: impl Read + Send + 'static,
+    to_stderr: bool,
+    tag: bool,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(src);
         let mut line = Vec::new();
-        let prefix = format!("[1,{rank}]<{}>: ", if to_stderr { "stderr" } else { "stdout" });
+        let prefix = format!(
+            "[1,{rank}]<{}>: ",
+            if to_stderr { "stderr" } else { "stdout" }
+        );
         loop {
             line.clear();
             match reader.read_until(b'\n', &mut line) {
@@ -70,12 +78,21 @@ fn forward(rank: u32, src: impl Read + Send + 'static, to_stderr: bool, tag: boo
             // Write whole lines under the lock so ranks' lines never interleave.
             let res = if to_stderr {
                 let mut e = std::io::stderr().lock();
-                (if tag { e.write_all(prefix.as_bytes()) } else { Ok(()) }).and_then(|_| e.write_all(&line))
+                (if tag {
+                    e.write_all(prefix.as_bytes())
+                } else {
+                    Ok(())
+                })
+                .and_then(|_| e.write_all(&line))
             } else {
                 let mut o = std::io::stdout().lock();
-                (if tag { o.write_all(prefix.as_bytes()) } else { Ok(()) })
-                    .and_then(|_| o.write_all(&line))
-                    .and_then(|_| o.flush())
+                (if tag {
+                    o.write_all(prefix.as_bytes())
+                } else {
+                    Ok(())
+                })
+                .and_then(|_| o.write_all(&line))
+                .and_then(|_| o.flush())
             };
             if res.is_err() {
                 return;
@@ -88,7 +105,9 @@ fn describe(st: ExitStatus) -> (String, i32) {
     match (st.code(), st.signal()) {
         (Some(c), _) => (format!("exited with code {c}"), c),
         (None, Some(s)) => {
-            let name = Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| s.to_string());
+            let name = Signal::try_from(s)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| s.to_string());
             (format!("was killed by signal {name}"), 128 + s)
         }
         _ => ("ended".to_string(), 1),
@@ -164,7 +183,11 @@ fn run(args: Args) -> i32 {
             .env(contract::SECRET, secret.to_hex())
             .env(contract::JOB, &job)
             .env(contract::BOOT_TIMEOUT, args.boot_timeout.to_string())
-            .stdin(if r == 0 { Stdio::inherit() } else { Stdio::null() })
+            .stdin(if r == 0 {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if args.bind_to == Bind::Core {
@@ -172,12 +195,25 @@ fn run(args: Args) -> i32 {
         }
         match cmd.spawn() {
             Ok(mut child) => {
-                pumps.push(forward(r, child.stdout.take().expect("piped"), false, args.tag_output));
-                pumps.push(forward(r, child.stderr.take().expect("piped"), true, args.tag_output));
+                pumps.push(forward(
+                    r,
+                    child.stdout.take().expect("piped"),
+                    false,
+                    args.tag_output,
+                ));
+                pumps.push(forward(
+                    r,
+                    child.stderr.take().expect("piped"),
+                    true,
+                    args.tag_output,
+                ));
                 ranks.push(Rank { child, done: None });
             }
             Err(e) => {
-                eprintln!("oxrun: cannot start {:?} for rank {r}: {e}", args.command[0]);
+                eprintln!(
+                    "oxrun: cannot start {:?} for rank {r}: {e}",
+                    args.command[0]
+                );
                 terminate(&mut ranks);
                 return 127;
             }
@@ -193,7 +229,9 @@ fn run(args: Args) -> i32 {
             match ev {
                 KvsEvent::Connected(r) => connected[r as usize] = true,
                 KvsEvent::Refused { peer, why } => {
-                    eprintln!("oxrun: refused a connection to the key-value service from {peer}: {why}")
+                    eprintln!(
+                        "oxrun: refused a connection to the key-value service from {peer}: {why}"
+                    )
                 }
                 KvsEvent::Abort { rank, code: c, msg } => {
                     eprintln!("oxrun: rank {rank} called abort with code {c} ({msg}); terminating the job");
@@ -209,9 +247,11 @@ fn run(args: Args) -> i32 {
             break;
         }
         let running = reap(&mut ranks);
-        if let Some((r, st)) = ranks.iter().enumerate().find_map(|(i, r)| {
-            r.done.filter(|s| !s.success()).map(|s| (i, s))
-        }) {
+        if let Some((r, st)) = ranks
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.done.filter(|s| !s.success()).map(|s| (i, s)))
+        {
             let (what, c) = describe(st);
             eprintln!(
                 "oxrun: rank {r} (pid {}) {what}; terminating the job",

@@ -69,7 +69,10 @@ enum RecvState {
     /// Matched an RTS; data frames are arriving from `peer`.
     Pipeline,
     /// Matched an RTS with a remote key; a read is queued.
-    Read { sreq: u64, addr: u64 },
+    Read {
+        sreq: u64,
+        addr: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -165,7 +168,9 @@ impl Engine {
 
     /// An engine whose thresholds come from `fabric`'s capabilities (and the environment).
     pub fn for_fabric(fabric: &dyn Fabric) -> Self {
-        let config = (0..fabric.size()).map(|p| ProtocolConfig::from_caps(fabric.caps(p))).collect();
+        let config = (0..fabric.size())
+            .map(|p| ProtocolConfig::from_caps(fabric.caps(p)))
+            .collect();
         Self::new(fabric.rank(), fabric.size(), config)
     }
 
@@ -198,7 +203,11 @@ impl Engine {
                 i
             }
             None => {
-                self.slots.push(Slot { gen: 1, detached: false, state });
+                self.slots.push(Slot {
+                    gen: 1,
+                    detached: false,
+                    state,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -239,13 +248,19 @@ impl Engine {
     }
 
     fn complete(&mut self, id: ReqId, status: Status, result: Result<(), P2pError>) {
-        let Some(slot) = self.slot_mut(id) else { return };
+        let Some(slot) = self.slot_mut(id) else {
+            return;
+        };
         let data = match std::mem::replace(&mut slot.state, SlotState::Free) {
             // Lent buffers go back to their scope now; owned ones travel with the completion.
             SlotState::Recv(r) => r.buf.and_then(MemMut::into_vec).filter(|_| r.alloc),
             _ => None,
         };
-        slot.state = SlotState::Done(Completion { status, result, data });
+        slot.state = SlotState::Done(Completion {
+            status,
+            result,
+            data,
+        });
         if slot.detached {
             self.release(id);
         }
@@ -253,7 +268,8 @@ impl Engine {
 
     /// Whether `id` has completed.
     pub fn is_done(&self, id: ReqId) -> bool {
-        self.slot(id).is_some_and(|s| matches!(s.state, SlotState::Done(_)))
+        self.slot(id)
+            .is_some_and(|s| matches!(s.state, SlotState::Done(_)))
     }
 
     /// Takes a completed request's outcome and frees it; `None` while it is in flight.
@@ -321,7 +337,11 @@ impl Engine {
     pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
         let len = data.len() as u64;
         let sync = mode == SendMode::Synchronous;
-        let status = Status { source: dest, tag, bytes: len };
+        let status = Status {
+            source: dest,
+            tag,
+            bytes: len,
+        };
         if dest == self.rank {
             return self.isend_self(ctx, tag, data, sync);
         }
@@ -345,7 +365,11 @@ impl Engine {
             self.complete(id, status, Err(P2pError::PeerLost { rank: dest, why }));
             return id;
         }
-        let tx = if proto == Protocol::Eager { Tx::Eager(id) } else { Tx::Rts(id) };
+        let tx = if proto == Protocol::Eager {
+            Tx::Eager(id)
+        } else {
+            Tx::Rts(id)
+        };
         self.push_tx(dest, tx);
         id
     }
@@ -353,10 +377,18 @@ impl Engine {
     fn isend_self(&mut self, ctx: u32, tag: i32, data: MemRef, sync: bool) -> ReqId {
         let me = self.rank;
         let len = data.len() as u64;
-        let status = Status { source: me, tag, bytes: len };
+        let status = Status {
+            source: me,
+            tag,
+            bytes: len,
+        };
         if let Some(p) = self.queues(ctx).take_posted(me, tag) {
             self.deliver_bytes(p.id, me, tag, data.bytes());
-            let id = self.alloc(SlotState::Done(Completion { status, result: Ok(()), data: None }));
+            let id = self.alloc(SlotState::Done(Completion {
+                status,
+                result: Ok(()),
+                data: None,
+            }));
             return id;
         }
         if !sync && data.len() <= self.config[me as usize].eager_max {
@@ -365,9 +397,16 @@ impl Engine {
                 src: me,
                 tag,
                 len,
-                body: Body::Eager { data: copy, sync_req: None },
+                body: Body::Eager {
+                    data: copy,
+                    sync_req: None,
+                },
             });
-            return self.alloc(SlotState::Done(Completion { status, result: Ok(()), data: None }));
+            return self.alloc(SlotState::Done(Completion {
+                status,
+                result: Ok(()),
+                data: None,
+            }));
         }
         let id = self.alloc(SlotState::Send(SendReq {
             dest: me,
@@ -381,7 +420,12 @@ impl Engine {
             state: SendState::AwaitFin,
             rreq: 0,
         }));
-        self.queues(ctx).push_unexpected(Unexpected { src: me, tag, len, body: Body::SelfSend { sreq: id } });
+        self.queues(ctx).push_unexpected(Unexpected {
+            src: me,
+            tag,
+            len,
+            body: Body::SelfSend { sreq: id },
+        });
         id
     }
 
@@ -404,8 +448,19 @@ impl Engine {
             if let Some(why) = self.dead.get(src as usize).cloned().flatten() {
                 // Messages that arrived before the loss can still be received.
                 if self.queues(ctx).peek_unexpected(src, tag).is_none() {
-                    let st = Status { source: src as u32, tag, bytes: 0 };
-                    self.complete(id, st, Err(P2pError::PeerLost { rank: src as u32, why }));
+                    let st = Status {
+                        source: src as u32,
+                        tag,
+                        bytes: 0,
+                    };
+                    self.complete(
+                        id,
+                        st,
+                        Err(P2pError::PeerLost {
+                            rank: src as u32,
+                            why,
+                        }),
+                    );
                     return id;
                 }
             }
@@ -419,20 +474,32 @@ impl Engine {
 
     /// Checks for a matching message without receiving it (`MPI_Iprobe`).
     pub fn iprobe(&mut self, ctx: u32, src: i32, tag: i32) -> Option<Status> {
-        self.queues(ctx)
-            .peek_unexpected(src, tag)
-            .map(|u| Status { source: u.src, tag: u.tag, bytes: u.len })
+        self.queues(ctx).peek_unexpected(src, tag).map(|u| Status {
+            source: u.src,
+            tag: u.tag,
+            bytes: u.len,
+        })
     }
 
     /// Copies an eager message into matched receive `rid` and completes it.
     fn deliver_bytes(&mut self, rid: ReqId, src: Rank, tag: i32, bytes: &[u8]) {
         let Some(r) = self.recv_req(rid) else { return };
         let len = bytes.len() as u64;
-        let status = Status { source: src, tag, bytes: len };
+        let status = Status {
+            source: src,
+            tag,
+            bytes: len,
+        };
         if r.alloc {
             let v = bytes.to_vec();
-            let Some(slot) = self.slot_mut(rid) else { return };
-            slot.state = SlotState::Done(Completion { status, result: Ok(()), data: Some(v) });
+            let Some(slot) = self.slot_mut(rid) else {
+                return;
+            };
+            slot.state = SlotState::Done(Completion {
+                status,
+                result: Ok(()),
+                data: Some(v),
+            });
             if slot.detached {
                 self.release(rid);
             }
@@ -443,7 +510,12 @@ impl Engine {
         let n = cap.min(bytes.len());
         buf.bytes_mut()[..n].copy_from_slice(&bytes[..n]);
         let result = if bytes.len() > cap {
-            Err(P2pError::Truncated { source: src, tag, len, capacity: cap as u64 })
+            Err(P2pError::Truncated {
+                source: src,
+                tag,
+                len,
+                capacity: cap as u64,
+            })
         } else {
             Ok(())
         };
@@ -465,13 +537,25 @@ impl Engine {
                 if let Some(data) = data {
                     self.deliver_bytes(rid, u.src, u.tag, data.bytes());
                 }
-                let st = Status { source: self.rank, tag: u.tag, bytes: u.len };
+                let st = Status {
+                    source: self.rank,
+                    tag: u.tag,
+                    bytes: u.len,
+                };
                 self.complete(sreq, st, Ok(()));
             }
         }
     }
 
-    fn start_rndv_recv(&mut self, rid: ReqId, src: Rank, tag: i32, len: u64, sreq: u64, addr: Option<u64>) {
+    fn start_rndv_recv(
+        &mut self,
+        rid: ReqId,
+        src: Rank,
+        tag: i32,
+        len: u64,
+        sreq: u64,
+        addr: Option<u64>,
+    ) {
         let Some(r) = self.recv_req(rid) else { return };
         if r.alloc {
             r.buf = Some(MemMut::alloc(len as usize));
@@ -497,11 +581,24 @@ impl Engine {
         let cap = r.buf.as_ref().map_or(0, MemMut::len) as u64;
         let (src, tag, len) = (r.peer, r.msg_tag, r.len);
         let result = if len > cap {
-            Err(P2pError::Truncated { source: src, tag, len, capacity: cap })
+            Err(P2pError::Truncated {
+                source: src,
+                tag,
+                len,
+                capacity: cap,
+            })
         } else {
             Ok(())
         };
-        self.complete(rid, Status { source: src, tag, bytes: len }, result);
+        self.complete(
+            rid,
+            Status {
+                source: src,
+                tag,
+                bytes: len,
+            },
+            result,
+        );
     }
 
     // ----- arrivals -----
@@ -509,7 +606,10 @@ impl Engine {
     fn bad_frame(&mut self, peer: Rank, why: impl std::fmt::Display) {
         self.protocol_errors += 1;
         if self.protocol_errors <= 10 {
-            eprintln!("oxmpi: rank {}: dropped a bad frame from rank {peer}: {why}", self.rank);
+            eprintln!(
+                "oxmpi: rank {}: dropped a bad frame from rank {peer}: {why}",
+                self.rank
+            );
         }
     }
 
@@ -533,7 +633,10 @@ impl Engine {
                     self.accept_matching(peer, &h, payload);
                     self.release_held(peer);
                 } else if ahead > 0 {
-                    self.held[peer as usize].push(Held { header: h, payload: payload.to_vec() });
+                    self.held[peer as usize].push(Held {
+                        header: h,
+                        payload: payload.to_vec(),
+                    });
                 } else {
                     self.bad_frame(peer, format!("duplicate sequence number {}", h.seq));
                 }
@@ -547,7 +650,10 @@ impl Engine {
     fn release_held(&mut self, peer: Rank) {
         while !self.held[peer as usize].is_empty() {
             let expected = self.recv_seq[peer as usize];
-            let Some(i) = self.held[peer as usize].iter().position(|f| f.header.seq == expected) else {
+            let Some(i) = self.held[peer as usize]
+                .iter()
+                .position(|f| f.header.seq == expected)
+            else {
                 return;
             };
             let f = self.held[peer as usize].swap_remove(i);
@@ -577,9 +683,17 @@ impl Engine {
                         data: self.pooled_copy(payload),
                         sync_req: sync.then_some(h.req),
                     },
-                    _ => Body::Rts { sreq: h.req, addr: (h.flags & FLAG_RMA != 0).then_some(h.arg) },
+                    _ => Body::Rts {
+                        sreq: h.req,
+                        addr: (h.flags & FLAG_RMA != 0).then_some(h.arg),
+                    },
                 };
-                self.queues(h.ctx).push_unexpected(Unexpected { src: peer, tag: h.tag, len: h.len, body });
+                self.queues(h.ctx).push_unexpected(Unexpected {
+                    src: peer,
+                    tag: h.tag,
+                    len: h.len,
+                    body,
+                });
             }
         }
     }
@@ -600,7 +714,8 @@ impl Engine {
         let Some(r) = self.recv_req(rid) else {
             return self.bad_frame(peer, format!("DATA for unknown receive {rid:#x}"));
         };
-        if r.state != RecvState::Pipeline || r.peer != peer || h.arg + payload.len() as u64 > r.len {
+        if r.state != RecvState::Pipeline || r.peer != peer || h.arg + payload.len() as u64 > r.len
+        {
             return self.bad_frame(peer, "DATA outside its rendezvous");
         }
         let buf = r.buf.as_mut().expect("matched receive has a buffer");
@@ -617,10 +732,18 @@ impl Engine {
     }
 
     fn on_send_done(&mut self, peer: Rank, sreq: u64, kind: Kind) {
-        let expect = if kind == Kind::Fin { SendState::AwaitFin } else { SendState::AwaitAck };
+        let expect = if kind == Kind::Fin {
+            SendState::AwaitFin
+        } else {
+            SendState::AwaitAck
+        };
         match self.send_req(sreq) {
             Some(s) if s.dest == peer && s.state == expect => {
-                let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                let st = Status {
+                    source: s.dest,
+                    tag: s.tag,
+                    bytes: s.len,
+                };
                 self.complete(sreq, st, Ok(()));
             }
             _ => self.bad_frame(peer, format!("{kind:?} for unknown send {sreq:#x}")),
@@ -659,8 +782,12 @@ impl Engine {
     }
 
     fn do_read(&mut self, fabric: &mut dyn Fabric, rid: ReqId) -> Result<(), FabricError> {
-        let Some(r) = self.recv_req(rid) else { return Ok(()) };
-        let RecvState::Read { sreq, addr } = r.state else { return Ok(()) };
+        let Some(r) = self.recv_req(rid) else {
+            return Ok(());
+        };
+        let RecvState::Read { sreq, addr } = r.state else {
+            return Ok(());
+        };
         let peer = r.peer;
         let buf = r.buf.as_mut().expect("matched receive has a buffer");
         let n = (buf.len() as u64).min(r.len) as usize;
@@ -674,7 +801,9 @@ impl Engine {
             Err(FabricError::Rma(why)) => {
                 // Fall back to the pipeline: ask the sender to stream it.
                 static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| eprintln!("oxmpi: remote read failed ({why}); using the pipelined protocol"));
+                WARNED.call_once(|| {
+                    eprintln!("oxmpi: remote read failed ({why}); using the pipelined protocol")
+                });
                 r.state = RecvState::Pipeline;
                 self.push_tx(peer, Tx::Cts { sreq, rreq: rid });
                 Ok(())
@@ -698,21 +827,34 @@ impl Engine {
                     let read = s.proto == Protocol::RndvRead;
                     let h = FrameHeader {
                         kind: if eager { Kind::Eager } else { Kind::Rts },
-                        flags: if eager && s.sync { FLAG_SYNC } else { 0 } | if read { FLAG_RMA } else { 0 },
+                        flags: if eager && s.sync { FLAG_SYNC } else { 0 }
+                            | if read { FLAG_RMA } else { 0 },
                         ctx: s.ctx,
                         src: me,
                         tag: s.tag,
                         seq: s.seq,
                         len: s.len,
                         req: id,
-                        arg: if read { fabric.remote_key(data).addr } else { 0 },
+                        arg: if read {
+                            fabric.remote_key(data).addr
+                        } else {
+                            0
+                        },
                     };
                     let payload = if eager { data.bytes() } else { &[][..] };
                     let sent = fabric.send(peer, &h.encode(), payload)?;
                     if sent == Sent::Done {
-                        let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                        let st = Status {
+                            source: s.dest,
+                            tag: s.tag,
+                            bytes: s.len,
+                        };
                         if !eager {
-                            s.state = if read { SendState::AwaitFin } else { SendState::AwaitCts };
+                            s.state = if read {
+                                SendState::AwaitFin
+                            } else {
+                                SendState::AwaitCts
+                            };
                         } else if s.sync {
                             s.state = SendState::AwaitAck;
                             s.data = None;
@@ -742,13 +884,20 @@ impl Engine {
                         req: s.rreq,
                         arg: off,
                     };
-                    let sent =
-                        fabric.send(peer, &h.encode(), &data.bytes()[off as usize..(off + n) as usize])?;
+                    let sent = fabric.send(
+                        peer,
+                        &h.encode(),
+                        &data.bytes()[off as usize..(off + n) as usize],
+                    )?;
                     if sent == Sent::Done {
                         if off + n < s.len {
                             next = Some(Tx::Data(id, off + n));
                         } else {
-                            let st = Status { source: s.dest, tag: s.tag, bytes: s.len };
+                            let st = Status {
+                                source: s.dest,
+                                tag: s.tag,
+                                bytes: s.len,
+                            };
                             self.complete(id, st, Ok(()));
                         }
                     }
@@ -777,7 +926,17 @@ impl Engine {
         req: u64,
         arg: u64,
     ) -> Result<Sent, FabricError> {
-        let h = FrameHeader { kind, flags: 0, ctx: 0, src: self.rank, tag: 0, seq: 0, len: 0, req, arg };
+        let h = FrameHeader {
+            kind,
+            flags: 0,
+            ctx: 0,
+            src: self.rank,
+            tag: 0,
+            seq: 0,
+            len: 0,
+            req,
+            arg,
+        };
         fabric.send(peer, &h.encode(), &[])
     }
 
@@ -794,7 +953,10 @@ impl Engine {
         self.dead[peer as usize] = Some(why.to_string());
         self.txq[peer as usize].clear();
         self.held[peer as usize].clear();
-        let lost = || P2pError::PeerLost { rank: peer, why: why.to_string() };
+        let lost = || P2pError::PeerLost {
+            rank: peer,
+            why: why.to_string(),
+        };
         let mut victims = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             let id = ((s.gen as u64) << 32) | i as u64;
@@ -813,7 +975,15 @@ impl Engine {
             if let Some(ctx) = ctx {
                 self.queues(ctx).remove_posted(id);
             }
-            self.complete(id, Status { source: peer, tag: 0, bytes: 0 }, Err(lost()));
+            self.complete(
+                id,
+                Status {
+                    source: peer,
+                    tag: 0,
+                    bytes: 0,
+                },
+                Err(lost()),
+            );
         }
     }
 
@@ -821,7 +991,11 @@ impl Engine {
     /// reads without shared address spaces).
     pub fn lent_bytes(&self, addr: u64) -> Option<&[u8]> {
         self.slots.iter().find_map(|s| match &s.state {
-            SlotState::Send(r) => r.data.as_ref().filter(|d| d.bytes().as_ptr() as u64 == addr).map(MemRef::bytes),
+            SlotState::Send(r) => r
+                .data
+                .as_ref()
+                .filter(|d| d.bytes().as_ptr() as u64 == addr)
+                .map(MemRef::bytes),
             _ => None,
         })
     }

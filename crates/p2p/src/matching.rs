@@ -71,19 +71,27 @@ pub struct Queues {
 impl Queues {
     /// Removes and returns the oldest posted receive that takes (`src`, `tag`).
     pub fn take_posted(&mut self, src: u32, tag: i32) -> Option<Posted> {
-        let i = self.posted.iter().position(|p| matches(p.src, p.tag, src, tag))?;
+        let i = self
+            .posted
+            .iter()
+            .position(|p| matches(p.src, p.tag, src, tag))?;
         self.posted.remove(i)
     }
 
     /// Removes and returns the oldest unexpected message a receive for (`src`, `tag`) takes.
     pub fn take_unexpected(&mut self, src: i32, tag: i32) -> Option<Unexpected> {
-        let i = self.unexpected.iter().position(|u| matches(src, tag, u.src, u.tag))?;
+        let i = self
+            .unexpected
+            .iter()
+            .position(|u| matches(src, tag, u.src, u.tag))?;
         self.unexpected.remove(i)
     }
 
     /// The oldest unexpected message a receive for (`src`, `tag`) would take.
     pub fn peek_unexpected(&self, src: i32, tag: i32) -> Option<&Unexpected> {
-        self.unexpected.iter().find(|u| matches(src, tag, u.src, u.tag))
+        self.unexpected
+            .iter()
+            .find(|u| matches(src, tag, u.src, u.tag))
     }
 
     /// Queues a posted receive.
@@ -125,18 +133,44 @@ mod tests {
     #[test]
     fn oldest_match_wins_and_wildcards_apply() {
         let mut q = Queues::default();
-        q.post(Posted { id: 1, src: 2, tag: 5 });
-        q.post(Posted { id: 2, src: ANY_SOURCE, tag: 5 });
-        q.post(Posted { id: 3, src: ANY_SOURCE, tag: ANY_TAG });
+        q.post(Posted {
+            id: 1,
+            src: 2,
+            tag: 5,
+        });
+        q.post(Posted {
+            id: 2,
+            src: ANY_SOURCE,
+            tag: 5,
+        });
+        q.post(Posted {
+            id: 3,
+            src: ANY_SOURCE,
+            tag: ANY_TAG,
+        });
         assert_eq!(q.take_posted(3, 5).unwrap().id, 2);
         assert_eq!(q.take_posted(2, 5).unwrap().id, 1);
         assert_eq!(q.take_posted(9, 9).unwrap().id, 3);
         assert!(q.take_posted(2, 5).is_none());
         for (src, tag) in [(1, 1), (2, 1), (1, 2)] {
-            q.push_unexpected(Unexpected { src, tag, len: 0, body: Body::SelfSend { sreq: 0 } });
+            q.push_unexpected(Unexpected {
+                src,
+                tag,
+                len: 0,
+                body: Body::SelfSend { sreq: 0 },
+            });
         }
-        assert_eq!(q.take_unexpected(ANY_SOURCE, 2).map(|u| (u.src, u.tag)), Some((1, 2)));
-        assert_eq!(q.take_unexpected(2, ANY_TAG).map(|u| (u.src, u.tag)), Some((2, 1)));
-        assert_eq!(q.peek_unexpected(ANY_SOURCE, ANY_TAG).map(|u| u.src), Some(1));
+        assert_eq!(
+            q.take_unexpected(ANY_SOURCE, 2).map(|u| (u.src, u.tag)),
+            Some((1, 2))
+        );
+        assert_eq!(
+            q.take_unexpected(2, ANY_TAG).map(|u| (u.src, u.tag)),
+            Some((2, 1))
+        );
+        assert_eq!(
+            q.peek_unexpected(ANY_SOURCE, ANY_TAG).map(|u| u.src),
+            Some(1)
+        );
     }
 }

@@ -53,13 +53,19 @@ fn env_size(name: &str) -> Option<usize> {
 impl ProtocolConfig {
     /// Thresholds for a peer reached with `caps`, with environment overrides applied.
     pub fn from_caps(caps: &Caps) -> Self {
-        let eager_max = env_size("OXMPI_EAGER_MAX").unwrap_or(caps.eager_max).min(caps.max_payload);
+        let eager_max = env_size("OXMPI_EAGER_MAX")
+            .unwrap_or(caps.eager_max)
+            .min(caps.max_payload);
         let read_min = if caps.rma_read {
             env_size("OXMPI_RNDV_READ_MIN").unwrap_or(caps.rndv_read_min)
         } else {
             usize::MAX
         };
-        Self { eager_max, read_min, chunk: caps.pipeline_chunk.min(caps.max_payload).max(1) }
+        Self {
+            eager_max,
+            read_min,
+            chunk: caps.pipeline_chunk.min(caps.max_payload).max(1),
+        }
     }
 
     /// The protocol for a message of `len` bytes.
@@ -80,7 +86,11 @@ mod tests {
 
     #[test]
     fn select_by_size() {
-        let c = ProtocolConfig { eager_max: 100, read_min: 1000, chunk: 10 };
+        let c = ProtocolConfig {
+            eager_max: 100,
+            read_min: 1000,
+            chunk: 10,
+        };
         assert_eq!(c.select(0), Protocol::Eager);
         assert_eq!(c.select(100), Protocol::Eager);
         assert_eq!(c.select(101), Protocol::RndvPipeline);

@@ -2,8 +2,12 @@
 //! reorders and delays them (and sometimes pushes back), driven step by step from a seeded
 //! generator, so every race it finds can be replayed.
 
-use oxmpi_fabric::{Caps, Event, Fabric, FabricError, Header, MemMut, MemRef, PerfModel, Rank, RemoteKey, Sent};
-use oxmpi_p2p::{Completion, Engine, P2pError, ProtocolConfig, ReqId, SendMode, ANY_SOURCE, ANY_TAG};
+use oxmpi_fabric::{
+    Caps, Event, Fabric, FabricError, Header, MemMut, MemRef, PerfModel, Rank, RemoteKey, Sent,
+};
+use oxmpi_p2p::{
+    Completion, Engine, P2pError, ProtocolConfig, ReqId, SendMode, ANY_SOURCE, ANY_TAG,
+};
 use std::cell::{Cell, RefCell};
 
 struct InFlight {
@@ -29,7 +33,9 @@ struct SimFabric<'a> {
 
 impl Sim {
     fn new(n: u32, seed: u64, config: ProtocolConfig) -> Self {
-        let engines = (0..n).map(|r| RefCell::new(Engine::new(r, n, vec![config; n as usize]))).collect();
+        let engines = (0..n)
+            .map(|r| RefCell::new(Engine::new(r, n, vec![config; n as usize])))
+            .collect();
         Self {
             engines,
             wire: RefCell::new(Vec::new()),
@@ -41,7 +47,10 @@ impl Sim {
                 eager_max: config.eager_max,
                 rndv_read_min: config.read_min,
                 pipeline_chunk: config.chunk,
-                model: PerfModel { latency_us: 1.0, bandwidth_gbs: 1.0 },
+                model: PerfModel {
+                    latency_us: 1.0,
+                    bandwidth_gbs: 1.0,
+                },
             },
             block_pct: 10,
         }
@@ -69,9 +78,14 @@ impl Sim {
         let n = self.wire.borrow().len();
         if n > 0 {
             // Prefer old frames a little, so nothing starves, but reorder freely.
-            let i = if self.rand(4) == 0 { 0 } else { self.rand(n as u64) as usize };
+            let i = if self.rand(4) == 0 {
+                0
+            } else {
+                self.rand(n as u64) as usize
+            };
             let f = self.wire.borrow_mut().swap_remove(i);
-            self.engine(f.to).handle_frame(f.from, &f.header, &f.payload);
+            self.engine(f.to)
+                .handle_frame(f.from, &f.header, &f.payload);
         }
     }
 
@@ -100,12 +114,25 @@ impl Fabric for SimFabric<'_> {
         if self.sim.rand(100) < self.sim.block_pct {
             return Ok(Sent::WouldBlock);
         }
-        self.sim.wire.borrow_mut().push(InFlight { from: self.rank, to: peer, header: *header, payload: payload.to_vec() });
+        self.sim.wire.borrow_mut().push(InFlight {
+            from: self.rank,
+            to: peer,
+            header: *header,
+            payload: payload.to_vec(),
+        });
         Ok(Sent::Done)
     }
-    fn read(&mut self, peer: Rank, remote: RemoteKey, offset: u64, dst: &mut [u8]) -> Result<(), FabricError> {
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
         let owner = self.sim.engines[peer as usize].borrow();
-        let src = owner.lent_bytes(remote.addr).ok_or_else(|| FabricError::Rma("no such region".into()))?;
+        let src = owner
+            .lent_bytes(remote.addr)
+            .ok_or_else(|| FabricError::Rma("no such region".into()))?;
         let off = offset as usize;
         dst.copy_from_slice(&src[off..off + dst.len()]);
         Ok(())
@@ -117,12 +144,18 @@ impl Fabric for SimFabric<'_> {
 }
 
 fn config() -> ProtocolConfig {
-    ProtocolConfig { eager_max: 64, read_min: 4096, chunk: 100 }
+    ProtocolConfig {
+        eager_max: 64,
+        read_min: 4096,
+        chunk: 100,
+    }
 }
 
 /// Message body encoding (sender, per-(sender, tag) sequence) so content and order can be checked.
 fn body(src: u32, tag: i32, k: u32, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (src as usize * 31 + tag as usize * 7 + k as usize * 13 + i) as u8).collect()
+    (0..len)
+        .map(|i| (src as usize * 31 + tag as usize * 7 + k as usize * 13 + i) as u8)
+        .collect()
 }
 
 fn sizes(k: u32) -> usize {
@@ -140,7 +173,9 @@ fn order_and_content_survive_reordering_for_every_protocol() {
             for k in 0..per_tag {
                 for tag in 0..3 {
                     let data = body(src, tag, k, sizes(k + tag as u32));
-                    let id = sim.engine(src).isend(0, 0, tag, MemRef::owned(data), SendMode::Standard);
+                    let id =
+                        sim.engine(src)
+                            .isend(0, 0, tag, MemRef::owned(data), SendMode::Standard);
                     sends.push((src, id));
                 }
             }
@@ -152,7 +187,11 @@ fn order_and_content_survive_reordering_for_every_protocol() {
                     let id = sim.engine(0).irecv(0, src as i32, tag, None);
                     let c = sim.wait(0, id);
                     c.result.unwrap();
-                    assert_eq!(c.data.unwrap(), body(src, tag, k, sizes(k + tag as u32)), "seed {seed}");
+                    assert_eq!(
+                        c.data.unwrap(),
+                        body(src, tag, k, sizes(k + tag as u32)),
+                        "seed {seed}"
+                    );
                     assert_eq!((c.status.source, c.status.tag), (src, tag));
                 }
             }
@@ -170,7 +209,13 @@ fn wildcards_keep_per_sender_order() {
     for src in 1..n {
         for k in 0..40u32 {
             let tag = (k % 4) as i32;
-            let id = sim.engine(src).isend(7, 0, tag, MemRef::owned(body(src, 0, k, sizes(k))), SendMode::Standard);
+            let id = sim.engine(src).isend(
+                7,
+                0,
+                tag,
+                MemRef::owned(body(src, 0, k, sizes(k))),
+                SendMode::Standard,
+            );
             sim.engine(src).detach(id);
         }
     }
@@ -200,8 +245,14 @@ fn rendezvous_races_posted_before_and_after_arrival() {
             if post_first {
                 rid = Some(sim.engine(1).irecv(0, 0, 3, None));
             }
-            let mode = if k == 2 { SendMode::Synchronous } else { SendMode::Standard };
-            let sid = sim.engine(0).isend(0, 1, 3, MemRef::owned(body(0, 3, k, len)), mode);
+            let mode = if k == 2 {
+                SendMode::Synchronous
+            } else {
+                SendMode::Standard
+            };
+            let sid = sim
+                .engine(0)
+                .isend(0, 1, 3, MemRef::owned(body(0, 3, k, len)), mode);
             for _ in 0..sim.rand(50) {
                 sim.step();
             }
@@ -215,11 +266,16 @@ fn rendezvous_races_posted_before_and_after_arrival() {
 #[test]
 fn synchronous_send_waits_for_the_match() {
     let sim = Sim::new(2, 9, config());
-    let sid = sim.engine(0).isend(0, 1, 1, MemRef::owned(vec![1, 2, 3]), SendMode::Synchronous);
+    let sid = sim
+        .engine(0)
+        .isend(0, 1, 1, MemRef::owned(vec![1, 2, 3]), SendMode::Synchronous);
     for _ in 0..500 {
         sim.step();
     }
-    assert!(!sim.engine(0).is_done(sid), "ssend completed before any receive was posted");
+    assert!(
+        !sim.engine(0).is_done(sid),
+        "ssend completed before any receive was posted"
+    );
     let rid = sim.engine(1).irecv(0, 0, 1, None);
     sim.wait(1, rid).result.unwrap();
     sim.wait(0, sid).result.unwrap();
@@ -229,12 +285,28 @@ fn synchronous_send_waits_for_the_match() {
 fn truncation_errors_only_that_receive() {
     for (seed, len) in [(1u64, 50usize), (2, 1000), (3, 9000)] {
         let sim = Sim::new(2, seed, config());
-        let a = sim.engine(0).isend(0, 1, 0, MemRef::owned(body(0, 0, 0, len)), SendMode::Standard);
-        let b = sim.engine(0).isend(0, 1, 0, MemRef::owned(body(0, 0, 1, 20)), SendMode::Standard);
+        let a = sim.engine(0).isend(
+            0,
+            1,
+            0,
+            MemRef::owned(body(0, 0, 0, len)),
+            SendMode::Standard,
+        );
+        let b = sim.engine(0).isend(
+            0,
+            1,
+            0,
+            MemRef::owned(body(0, 0, 1, 20)),
+            SendMode::Standard,
+        );
         let small = sim.engine(1).irecv(0, 0, 0, Some(MemMut::alloc(10)));
         let c = sim.wait(1, small);
         match c.result {
-            Err(P2pError::Truncated { len: l, capacity: 10, .. }) => assert_eq!(l, len as u64),
+            Err(P2pError::Truncated {
+                len: l,
+                capacity: 10,
+                ..
+            }) => assert_eq!(l, len as u64),
             other => panic!("expected truncation, got {other:?}"),
         }
         let next = sim.engine(1).irecv(0, 0, 0, None);
@@ -248,14 +320,24 @@ fn truncation_errors_only_that_receive() {
 fn self_messages_small_large_and_synchronous() {
     let sim = Sim::new(1, 1, config());
     for len in [0usize, 10, 10_000] {
-        let s = sim.engine(0).isend(0, 0, 5, MemRef::owned(body(0, 5, 0, len)), SendMode::Standard);
+        let s = sim.engine(0).isend(
+            0,
+            0,
+            5,
+            MemRef::owned(body(0, 5, 0, len)),
+            SendMode::Standard,
+        );
         let r = sim.engine(0).irecv(0, 0, 5, None);
         assert_eq!(sim.wait(0, r).data.unwrap(), body(0, 5, 0, len));
         sim.wait(0, s).result.unwrap();
     }
-    let s = sim.engine(0).isend(0, 0, 6, MemRef::owned(vec![9; 3]), SendMode::Synchronous);
+    let s = sim
+        .engine(0)
+        .isend(0, 0, 6, MemRef::owned(vec![9; 3]), SendMode::Synchronous);
     assert!(!sim.engine(0).is_done(s));
-    let r = sim.engine(0).irecv(0, ANY_SOURCE, ANY_TAG, Some(MemMut::alloc(3)));
+    let r = sim
+        .engine(0)
+        .irecv(0, ANY_SOURCE, ANY_TAG, Some(MemMut::alloc(3)));
     assert_eq!(sim.wait(0, r).status.tag, 6);
     sim.wait(0, s).result.unwrap();
 }
@@ -265,21 +347,35 @@ fn lost_peer_fails_its_requests_and_no_others() {
     let sim = Sim::new(3, 4, config());
     let from1 = sim.engine(0).irecv(0, 1, 0, None);
     let from2 = sim.engine(0).irecv(0, 2, 0, None);
-    let to1 = sim.engine(0).isend(0, 1, 0, MemRef::owned(vec![0; 5000]), SendMode::Standard);
+    let to1 = sim
+        .engine(0)
+        .isend(0, 1, 0, MemRef::owned(vec![0; 5000]), SendMode::Standard);
     sim.engine(0).fail_peer(1, "test");
-    assert!(matches!(sim.wait(0, from1).result, Err(P2pError::PeerLost { rank: 1, .. })));
-    assert!(matches!(sim.wait(0, to1).result, Err(P2pError::PeerLost { rank: 1, .. })));
-    let s = sim.engine(2).isend(0, 0, 0, MemRef::owned(vec![4; 4]), SendMode::Standard);
+    assert!(matches!(
+        sim.wait(0, from1).result,
+        Err(P2pError::PeerLost { rank: 1, .. })
+    ));
+    assert!(matches!(
+        sim.wait(0, to1).result,
+        Err(P2pError::PeerLost { rank: 1, .. })
+    ));
+    let s = sim
+        .engine(2)
+        .isend(0, 0, 0, MemRef::owned(vec![4; 4]), SendMode::Standard);
     assert_eq!(sim.wait(0, from2).data.unwrap(), vec![4; 4]);
     sim.wait(2, s).result.unwrap();
-    let later = sim.engine(0).isend(0, 1, 0, MemRef::owned(vec![1]), SendMode::Standard);
+    let later = sim
+        .engine(0)
+        .isend(0, 1, 0, MemRef::owned(vec![1]), SendMode::Standard);
     assert!(sim.wait(0, later).result.is_err());
 }
 
 #[test]
 fn probe_sees_unexpected_without_consuming() {
     let sim = Sim::new(2, 3, config());
-    let s = sim.engine(1).isend(0, 0, 9, MemRef::owned(vec![7; 300]), SendMode::Standard);
+    let s = sim
+        .engine(1)
+        .isend(0, 0, 9, MemRef::owned(vec![7; 300]), SendMode::Standard);
     let mut st = None;
     for _ in 0..10_000 {
         st = sim.engine(0).iprobe(0, ANY_SOURCE, 9);
@@ -290,7 +386,12 @@ fn probe_sees_unexpected_without_consuming() {
     }
     let st = st.expect("probe found the message");
     assert_eq!((st.source, st.tag, st.bytes), (1, 9, 300));
-    let r = sim.engine(0).irecv(0, st.source as i32, st.tag, Some(MemMut::alloc(st.bytes as usize)));
+    let r = sim.engine(0).irecv(
+        0,
+        st.source as i32,
+        st.tag,
+        Some(MemMut::alloc(st.bytes as usize)),
+    );
     sim.wait(0, r).result.unwrap();
     sim.wait(1, s).result.unwrap();
 }
@@ -305,7 +406,9 @@ fn malformed_frames_are_dropped_and_counted() {
     bogus[8] = 1;
     sim.engine(0).handle_frame(1, &bogus, &[1, 2, 3]);
     assert_eq!(sim.engine(0).protocol_errors(), 2);
-    let s = sim.engine(1).isend(0, 0, 0, MemRef::owned(vec![1]), SendMode::Standard);
+    let s = sim
+        .engine(1)
+        .isend(0, 0, 0, MemRef::owned(vec![1]), SendMode::Standard);
     let r = sim.engine(0).irecv(0, 1, 0, None);
     assert_eq!(sim.wait(0, r).data.unwrap(), vec![1]);
     sim.wait(1, s).result.unwrap();

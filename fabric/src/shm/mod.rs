@@ -54,10 +54,15 @@ pub fn caps(cma: bool) -> Caps {
         name: "shm",
         rma_read: cma,
         max_payload: MAX_PAYLOAD,
-        eager_max: env_usize("OXMPI_SHM_EAGER_MAX").unwrap_or(EAGER_MAX).min(MAX_PAYLOAD),
+        eager_max: env_usize("OXMPI_SHM_EAGER_MAX")
+            .unwrap_or(EAGER_MAX)
+            .min(MAX_PAYLOAD),
         rndv_read_min: env_usize("OXMPI_SHM_RNDV_READ_MIN").unwrap_or(usize::MAX),
         pipeline_chunk: MAX_PAYLOAD,
-        model: PerfModel { latency_us: 0.3, bandwidth_gbs: 20.0 },
+        model: PerfModel {
+            latency_us: 0.3,
+            bandwidth_gbs: 20.0,
+        },
     }
 }
 
@@ -80,19 +85,34 @@ impl Shm {
         for p in peers {
             inbound.push((p.rank, Consumer::new(own.ring(p.rank))));
             let producer = Producer::new(p.segment.ring(rank));
-            outbound[p.rank as usize] =
-                Some(Outbound { producer, segment: p.segment, pid: p.pid, caps: caps(p.cma) });
+            outbound[p.rank as usize] = Some(Outbound {
+                producer,
+                segment: p.segment,
+                pid: p.pid,
+                caps: caps(p.cma),
+            });
         }
-        Self { rank, size, own, inbound, outbound, next_poll: 0 }
+        Self {
+            rank,
+            size,
+            own,
+            inbound,
+            outbound,
+            next_poll: 0,
+        }
     }
 
     /// Whether `peer` is reached through this fabric.
     pub fn reaches(&self, peer: Rank) -> bool {
-        self.outbound.get(peer as usize).is_some_and(Option::is_some)
+        self.outbound
+            .get(peer as usize)
+            .is_some_and(Option::is_some)
     }
 
     fn out(&mut self, peer: Rank) -> &mut Outbound {
-        self.outbound[peer as usize].as_mut().expect("peer routed to shm has a shm link")
+        self.outbound[peer as usize]
+            .as_mut()
+            .expect("peer routed to shm has a shm link")
     }
 
     /// Whether any inbound ring holds a record.
@@ -109,12 +129,18 @@ pub fn cma_read(pid: i32, addr: u64, dst: &mut [u8]) -> std::io::Result<()> {
             iov_base: dst[done..].as_mut_ptr().cast(),
             iov_len: dst.len() - done,
         };
-        let remote = libc::iovec { iov_base: (addr as usize + done) as *mut _, iov_len: dst.len() - done };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut _,
+            iov_len: dst.len() - done,
+        };
         // SAFETY: `local` describes the writable slice `dst[done..]`; the kernel validates the
         // remote range against the other process and fails with EFAULT if it is not mapped.
         let n = cvt(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) })?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read 0 bytes"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read 0 bytes",
+            ));
         }
         done += n as usize;
     }
@@ -131,13 +157,19 @@ impl Fabric for Shm {
     }
 
     fn caps(&self, peer: Rank) -> &Caps {
-        &self.outbound[peer as usize].as_ref().expect("shm peer").caps
+        &self.outbound[peer as usize]
+            .as_ref()
+            .expect("shm peer")
+            .caps
     }
 
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
         let out = self.out(peer);
         if payload.len() > MAX_PAYLOAD {
-            return Err(FabricError::Setup(format!("payload of {} bytes over the shm limit", payload.len())));
+            return Err(FabricError::Setup(format!(
+                "payload of {} bytes over the shm limit",
+                payload.len()
+            )));
         }
         if out.producer.push(header, payload) {
             out.segment.ring_doorbell();
@@ -147,10 +179,18 @@ impl Fabric for Shm {
         }
     }
 
-    fn read(&mut self, peer: Rank, remote: RemoteKey, offset: u64, dst: &mut [u8]) -> Result<(), FabricError> {
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
         let pid = self.out(peer).pid;
         if offset + dst.len() as u64 > remote.len {
-            return Err(FabricError::Rma(format!("read past the end of rank {peer}'s region")));
+            return Err(FabricError::Rma(format!(
+                "read past the end of rank {peer}'s region"
+            )));
         }
         cma_read(pid, remote.addr + offset, dst)
             .map_err(|e| FabricError::Rma(format!("process_vm_readv from rank {peer}: {e}")))
@@ -167,7 +207,13 @@ impl Fabric for Shm {
             // A bounded batch per ring per poll.
             for _ in 0..64 {
                 let got = consumer
-                    .pop(|header, payload| on(Event::Frame { peer, header, payload }))
+                    .pop(|header, payload| {
+                        on(Event::Frame {
+                            peer,
+                            header,
+                            payload,
+                        })
+                    })
                     .map_err(|c| FabricError::BadFrame { peer, why: c.0 })?;
                 if !got {
                     break;
@@ -183,6 +229,7 @@ impl Fabric for Shm {
 
     fn wait(&mut self, timeout: Duration) {
         let inbound = &mut self.inbound;
-        self.own.sleep(timeout, || inbound.iter_mut().any(|(_, c)| c.has_data()));
+        self.own
+            .sleep(timeout, || inbound.iter_mut().any(|(_, c)| c.has_data()));
     }
 }

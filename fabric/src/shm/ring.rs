@@ -79,7 +79,11 @@ impl Producer {
     pub fn new(ring: RingPtr) -> Self {
         let tail = ring.tail().load(Ordering::Acquire);
         let head_seen = ring.head().load(Ordering::Acquire);
-        Self { ring, tail, head_seen }
+        Self {
+            ring,
+            tail,
+            head_seen,
+        }
     }
 
     /// Appends a frame; `false` if the ring has no room now.
@@ -143,7 +147,11 @@ impl Consumer {
     /// Attaches to a ring.
     pub fn new(ring: RingPtr) -> Self {
         let head = ring.head().load(Ordering::Acquire);
-        Self { ring, head, tail_seen: head }
+        Self {
+            ring,
+            head,
+            tail_seen: head,
+        }
     }
 
     /// Whether a record may be waiting (rereads the producer's counter).
@@ -165,7 +173,9 @@ impl Consumer {
             let mut prefix = [0u8; PREFIX];
             // SAFETY: idx is line aligned within the ring and below the published tail, so
             // the producer finished writing these bytes before its release store we acquired.
-            unsafe { std::ptr::copy_nonoverlapping(self.ring.data.add(idx), prefix.as_mut_ptr(), PREFIX) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ring.data.add(idx), prefix.as_mut_ptr(), PREFIX)
+            };
             let len = u32::from_le_bytes(prefix[..4].try_into().expect("4")) as usize;
             let kind = u32::from_le_bytes(prefix[4..].try_into().expect("4"));
             match kind {
@@ -174,7 +184,11 @@ impl Consumer {
                     continue;
                 }
                 KIND_FRAME if len <= MAX_PAYLOAD && idx + record_len(len) <= RING_BYTES => {}
-                _ => return Err(Corrupt(format!("record kind {kind:#x} length {len} at {idx}"))),
+                _ => {
+                    return Err(Corrupt(format!(
+                        "record kind {kind:#x} length {len} at {idx}"
+                    )))
+                }
             }
             // SAFETY: the record [idx, idx + record_len(len)) is in bounds (checked) and fully
             // published; the producer will not overwrite it until we advance `head` below.
@@ -218,7 +232,10 @@ mod tests {
                     .pop(|h, pl| {
                         let n = u32::from_le_bytes(h[..4].try_into().unwrap());
                         assert_eq!(n, next_out);
-                        assert!(pl.iter().enumerate().all(|(i, b)| *b == (i as u32 ^ n) as u8));
+                        assert!(pl
+                            .iter()
+                            .enumerate()
+                            .all(|(i, b)| *b == (i as u32 ^ n) as u8));
                         next_out += 1;
                     })
                     .unwrap());

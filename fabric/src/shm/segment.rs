@@ -58,7 +58,11 @@ impl Segment {
     /// Creates and maps this rank's segment with `size` inbound rings.
     pub fn create(job: &str, rank: u32, size: u32) -> io::Result<Self> {
         let path = dir().join(name(job, rank));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let len = Self::bytes_for(size);
         file.set_len(len as u64)?;
         let seg = Self::map(&file, len, path)?;
@@ -72,11 +76,17 @@ impl Segment {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = Self::bytes_for(size);
         if file.metadata()?.len() < len as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "segment too small"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment too small",
+            ));
         }
         let seg = Self::map(&file, len, path)?;
         if seg.header().magic.load(Ordering::Acquire) != MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an oxmpi segment"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an oxmpi segment",
+            ));
         }
         Ok(seg)
     }
@@ -97,7 +107,11 @@ impl Segment {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { base: p.cast(), len, path })
+        Ok(Self {
+            base: p.cast(),
+            len,
+            path,
+        })
     }
 
     /// Removes the segment's name (the mapping stays).
@@ -124,7 +138,10 @@ impl Segment {
     /// The inbound ring fed by `from`.
     pub fn ring(&self, from: u32) -> RingPtr {
         let off = HEADER_BYTES + from as usize * RING_STRIDE;
-        assert!(off + RING_STRIDE <= self.len, "ring {from} out of the segment");
+        assert!(
+            off + RING_STRIDE <= self.len,
+            "ring {from} out of the segment"
+        );
         // SAFETY: in bounds (asserted), 64-byte aligned (HEADER_BYTES and RING_STRIDE are
         // multiples of 64), and mapped for as long as `self`, which the fabric keeps.
         unsafe { RingPtr::new(self.base.add(off)) }
@@ -138,7 +155,12 @@ impl Segment {
             h.doorbell.0.fetch_add(1, Ordering::SeqCst);
             // SAFETY: FUTEX_WAKE on a 4-byte aligned word inside a live shared mapping.
             unsafe {
-                libc::syscall(libc::SYS_futex, h.doorbell.0.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+                libc::syscall(
+                    libc::SYS_futex,
+                    h.doorbell.0.as_ptr(),
+                    libc::FUTEX_WAKE,
+                    i32::MAX,
+                );
             }
         }
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every oxmpi test: formatting, lints, unit and harness tests, and the end-to-end tests
+# that start real jobs through oxrun over shared memory and TCP. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
+    else
+        echo "scripts/test.sh: please install: ${need_pkgs[*]}" >&2
+        exit 1
+    fi
+fi
+[ -d /dev/shm ] && [ -w /dev/shm ] || { echo "scripts/test.sh: /dev/shm must be writable" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build (binaries and examples the end-to-end tests launch)"
+cargo build --workspace --bins --examples --quiet
+echo "== cargo test"
+cargo test --workspace
