@@ -2,8 +2,9 @@
 //!
 //! It serves the key-value exchange the ranks wire up through, spawns `-n` copies of the
 //! program with the environment contract of `oxmpi_bootstrap::env` (including a fresh random
-//! job secret), forwards their output (optionally tagged with the rank) and the signals it
-//! receives, and watches them: the first rank to fail — non-zero exit, death by signal, an
+//! job secret), forwards their output (optionally tagged with the rank) and signals (SIGUSR1 and
+//! SIGUSR2 as they are; SIGINT, SIGTERM and SIGHUP end the job with SIGTERM, then SIGKILL), and
+//! watches them: the first rank to fail — non-zero exit, death by signal, an
 //! abort call, or a bootstrap timeout — brings the job down within a second, is named on
 //! stderr, and decides `oxrun`'s exit code.
 #![forbid(unsafe_code)]
@@ -14,7 +15,7 @@ use nix::unistd::Pid;
 use oxmpi_bootstrap::env as contract;
 use oxmpi_bootstrap::kvs::KvsEvent;
 use oxmpi_bootstrap::{KvsServer, Secret};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -170,7 +171,7 @@ fn run(args: Args) -> i32 {
             return 1;
         }
     };
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).ok();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).ok();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut ranks = Vec::new();
     let mut pumps = Vec::new();
@@ -239,9 +240,20 @@ fn run(args: Args) -> i32 {
                 }
             }
         }
-        if let Some(sig) = signals.as_mut().and_then(|s| s.pending().next()) {
-            eprintln!("oxrun: received signal {sig}; terminating the job");
-            code = 128 + sig;
+        let pending: Vec<i32> = signals
+            .as_mut()
+            .map(|s| s.pending().collect())
+            .unwrap_or_default();
+        for sig in pending {
+            if sig == SIGUSR1 || sig == SIGUSR2 {
+                // Forwarded as they are: programs use them for checkpoints and reports.
+                if let Ok(s) = Signal::try_from(sig) {
+                    signal_all(&ranks, s);
+                }
+            } else {
+                eprintln!("oxrun: received signal {sig}; terminating the job");
+                code = 128 + sig;
+            }
         }
         if code != 0 {
             break;
