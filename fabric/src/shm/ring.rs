@@ -2,11 +2,15 @@
 //!
 //! Layout: one cache line holding the producer's `tail`, one holding the consumer's `head`
 //! (both monotonically increasing byte counts), then `RING_BYTES` of records. A record is an
-//! 8-byte prefix (payload length, kind), the 48-byte frame header and the payload, padded to a
-//! cache line. A record that would straddle the end is preceded by a skip record filling the
-//! rest of the ring. Each side keeps a private copy of the other's counter and rereads the
-//! shared one only when its copy says full or empty, so an uncontended send or receive touches
-//! one shared line of counters and no lock, allocation or syscall.
+//! 8-byte prefix, the 48-byte frame header and the payload, padded to a cache line. A record
+//! that would straddle the end is preceded by a skip record filling the rest of the ring.
+//!
+//! The prefix is one 64-bit word — payload length and a stamp derived from the record's
+//! position — written last with release ordering. The consumer polls the prefix at its head
+//! and takes the record when the stamp matches, so a small message costs the receiver one
+//! cache-line transfer (the record itself), not a counter line and then the record. The
+//! consumer publishes `head` for the producer, which rereads it only when its cached copy says
+//! the ring is full. No lock, allocation or syscall per message.
 
 use crate::{Header, HEADER_LEN};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +22,25 @@ const PREFIX: usize = 8;
 const LINE: usize = 64;
 /// Largest payload: a record of exactly 64 KiB, so eight fill the ring.
 pub const MAX_PAYLOAD: usize = 64 * 1024 - PREFIX - HEADER_LEN;
-const KIND_FRAME: u32 = 0x4f58_4652;
-const KIND_SKIP: u32 = 0x534b_4950;
+/// Length value marking a skip record.
+const SKIP: u32 = u32::MAX;
 /// Bytes a ring occupies in a segment (control lines + records).
 pub const RING_STRIDE: usize = 2 * LINE + RING_BYTES;
 
 #[repr(C, align(64))]
 struct Line(AtomicU64);
+
+/// The stamp of a record at byte position `pos`: distinct for every position within any
+/// window of 2^32 lines, so a stale record from an earlier lap never matches.
+#[inline]
+fn stamp(pos: u64) -> u32 {
+    ((pos >> 6) as u32) ^ 0x9e37_79b9
+}
+
+#[inline]
+fn prefix(len: u32, pos: u64) -> u64 {
+    (len as u64) | ((stamp(pos) as u64) << 32)
+}
 
 /// Raw pointers to one ring inside a mapping.
 #[derive(Clone, Copy)]
@@ -92,7 +108,9 @@ impl Producer {
         let rec = record_len(payload.len());
         let idx = (self.tail % RING_BYTES as u64) as usize;
         let to_end = RING_BYTES - idx;
-        let need = if rec <= to_end { rec } else { to_end + rec };
+        // One line more than the record: the line after it is cleared before publishing, so
+        // stale bytes there can never pass for the next record's prefix.
+        let need = LINE + if rec <= to_end { rec } else { to_end + rec };
         if RING_BYTES - ((self.tail - self.head_seen) as usize) < need {
             self.head_seen = self.ring.head().load(Ordering::Acquire);
             if RING_BYTES - ((self.tail - self.head_seen) as usize) < need {
@@ -101,34 +119,35 @@ impl Producer {
         }
         let mut idx = idx;
         if rec > to_end {
-            // SAFETY: idx is line aligned and to_end >= LINE, so the prefix is in bounds; the
-            // consumer does not read past `tail`, which we have not yet published.
-            unsafe { self.write_prefix(idx, 0, KIND_SKIP) };
+            // SAFETY: idx and 0 are line aligned and within the ring, and the space from idx to
+            // the end and at 0 is free (checked against head above).
+            unsafe {
+                self.publish_prefix(0, 0);
+                self.publish_prefix(idx, prefix(SKIP, self.tail));
+            }
             self.tail += to_end as u64;
             idx = 0;
         }
         // SAFETY: [idx, idx + rec) lies within the ring (rec <= to_end or idx == 0 and
         // rec <= RING_BYTES / 2) and is free (checked against head above); the consumer reads
-        // it only after the release store of `tail` below.
+        // the body only after it acquires the prefix, which is published last.
         unsafe {
-            self.write_prefix(idx, payload.len() as u32, KIND_FRAME);
             let dst = self.ring.data.add(idx + PREFIX);
             std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(HEADER_LEN), payload.len());
+            self.publish_prefix((idx + rec) % RING_BYTES, 0);
+            self.publish_prefix(idx, prefix(payload.len() as u32, self.tail));
         }
         self.tail += rec as u64;
-        self.ring.tail().store(self.tail, Ordering::Release);
         true
     }
 
     /// # Safety
-    /// `idx + PREFIX` must lie within the ring and not be readable by the consumer yet.
-    unsafe fn write_prefix(&mut self, idx: usize, len: u32, kind: u32) {
-        let mut p = [0u8; PREFIX];
-        p[..4].copy_from_slice(&len.to_le_bytes());
-        p[4..].copy_from_slice(&kind.to_le_bytes());
-        // SAFETY: per the function's contract.
-        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.ring.data.add(idx), PREFIX) };
+    /// `idx` must be a line-aligned offset within the ring whose record space is free.
+    unsafe fn publish_prefix(&mut self, idx: usize, word: u64) {
+        // SAFETY: line aligned within the mapping, so 8-byte aligned and in bounds.
+        let p = unsafe { &*(self.ring.data.add(idx) as *const AtomicU64) };
+        p.store(word, Ordering::Release);
     }
 }
 
@@ -140,58 +159,50 @@ pub struct Corrupt(pub String);
 pub struct Consumer {
     ring: RingPtr,
     head: u64,
-    tail_seen: u64,
 }
 
 impl Consumer {
     /// Attaches to a ring.
     pub fn new(ring: RingPtr) -> Self {
         let head = ring.head().load(Ordering::Acquire);
-        Self {
-            ring,
-            head,
-            tail_seen: head,
-        }
+        Self { ring, head }
     }
 
-    /// Whether a record may be waiting (rereads the producer's counter).
+    #[inline]
+    fn prefix_at_head(&self) -> (u64, usize) {
+        let idx = (self.head % RING_BYTES as u64) as usize;
+        // SAFETY: idx is line aligned within the ring, so the word is aligned and in bounds;
+        // it is only ever accessed atomically.
+        let p = unsafe { &*(self.ring.data.add(idx) as *const AtomicU64) };
+        (p.load(Ordering::Acquire), idx)
+    }
+
+    /// Whether a record is waiting.
+    #[inline]
     pub fn has_data(&mut self) -> bool {
-        if self.head != self.tail_seen {
-            return true;
-        }
-        self.tail_seen = self.ring.tail().load(Ordering::Acquire);
-        self.head != self.tail_seen
+        let (word, _) = self.prefix_at_head();
+        (word >> 32) as u32 == stamp(self.head)
     }
 
     /// Hands the next frame to `on`, if any; `Ok(false)` when the ring is empty.
     pub fn pop(&mut self, on: impl FnOnce(&Header, &[u8])) -> Result<bool, Corrupt> {
         loop {
-            if !self.has_data() {
+            let (word, idx) = self.prefix_at_head();
+            if (word >> 32) as u32 != stamp(self.head) {
                 return Ok(false);
             }
-            let idx = (self.head % RING_BYTES as u64) as usize;
-            let mut prefix = [0u8; PREFIX];
-            // SAFETY: idx is line aligned within the ring and below the published tail, so
-            // the producer finished writing these bytes before its release store we acquired.
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.ring.data.add(idx), prefix.as_mut_ptr(), PREFIX)
-            };
-            let len = u32::from_le_bytes(prefix[..4].try_into().expect("4")) as usize;
-            let kind = u32::from_le_bytes(prefix[4..].try_into().expect("4"));
-            match kind {
-                KIND_SKIP => {
-                    self.head += (RING_BYTES - idx) as u64;
-                    continue;
-                }
-                KIND_FRAME if len <= MAX_PAYLOAD && idx + record_len(len) <= RING_BYTES => {}
-                _ => {
-                    return Err(Corrupt(format!(
-                        "record kind {kind:#x} length {len} at {idx}"
-                    )))
-                }
+            let len = word as u32;
+            if len == SKIP {
+                self.head += (RING_BYTES - idx) as u64;
+                continue;
+            }
+            let len = len as usize;
+            if len > MAX_PAYLOAD || idx + record_len(len) > RING_BYTES {
+                return Err(Corrupt(format!("record length {len} at offset {idx}")));
             }
             // SAFETY: the record [idx, idx + record_len(len)) is in bounds (checked) and fully
-            // published; the producer will not overwrite it until we advance `head` below.
+            // written before its prefix, which we acquired; the producer will not overwrite it
+            // until we advance `head` below.
             let (header, payload) = unsafe {
                 let base = self.ring.data.add(idx + PREFIX);
                 (
