@@ -168,3 +168,8 @@ impl Drop for Universe {
         INITIALIZED.store(false, Ordering::SeqCst);
     }
 }
+
+/// The README's code is compiled and run (as a world of one) with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
