@@ -108,9 +108,7 @@ impl Producer {
         let rec = record_len(payload.len());
         let idx = (self.tail % RING_BYTES as u64) as usize;
         let to_end = RING_BYTES - idx;
-        // One line more than the record: the line after it is cleared before publishing, so
-        // stale bytes there can never pass for the next record's prefix.
-        let need = LINE + if rec <= to_end { rec } else { to_end + rec };
+        let need = if rec <= to_end { rec } else { to_end + rec };
         if RING_BYTES - ((self.tail - self.head_seen) as usize) < need {
             self.head_seen = self.ring.head().load(Ordering::Acquire);
             if RING_BYTES - ((self.tail - self.head_seen) as usize) < need {
@@ -119,12 +117,9 @@ impl Producer {
         }
         let mut idx = idx;
         if rec > to_end {
-            // SAFETY: idx and 0 are line aligned and within the ring, and the space from idx to
-            // the end and at 0 is free (checked against head above).
-            unsafe {
-                self.publish_prefix(0, 0);
-                self.publish_prefix(idx, prefix(SKIP, self.tail));
-            }
+            // SAFETY: idx is line aligned within the ring and the space to the end is free
+            // (checked against head above).
+            unsafe { self.publish_prefix(idx, prefix(SKIP, self.tail)) };
             self.tail += to_end as u64;
             idx = 0;
         }
@@ -135,7 +130,6 @@ impl Producer {
             let dst = self.ring.data.add(idx + PREFIX);
             std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(HEADER_LEN), payload.len());
-            self.publish_prefix((idx + rec) % RING_BYTES, 0);
             self.publish_prefix(idx, prefix(payload.len() as u32, self.tail));
         }
         self.tail += rec as u64;
@@ -211,7 +205,17 @@ impl Consumer {
                 )
             };
             on(header, payload);
-            self.head += record_len(len) as u64;
+            // Line starts inside this record held payload bytes, which a later lap could
+            // mistake for a record prefix: clear them. (Single-line records, the latency-
+            // critical case, have none; a record's own first line always holds a prefix.)
+            let rec = record_len(len);
+            for line in (idx + LINE..idx + rec).step_by(LINE) {
+                // SAFETY: within the record just consumed (bounds checked above); the
+                // producer does not write it again until we publish the new head below.
+                let p = unsafe { &*(self.ring.data.add(line) as *const AtomicU64) };
+                p.store(0, Ordering::Relaxed);
+            }
+            self.head += rec as u64;
             self.ring.head().store(self.head, Ordering::Release);
             return Ok(true);
         }
