@@ -70,6 +70,9 @@ pub struct Caps {
     /// Messages at least this large use a remote read when `rma_read` holds; smaller
     /// rendezvous messages use the pipelined protocol.
     pub rndv_read_min: usize,
+    /// Messages larger than this use the pipeline even where reads are possible (on a host
+    /// where both ranks copying beats one rank reading).
+    pub rndv_read_max: usize,
     /// Chunk size for pipelined rendezvous data.
     pub pipeline_chunk: usize,
     /// Performance model.

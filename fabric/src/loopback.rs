@@ -40,6 +40,7 @@ pub fn world_with(
         max_payload,
         eager_max,
         rndv_read_min,
+        rndv_read_max: usize::MAX,
         pipeline_chunk: max_payload,
         model: PerfModel {
             latency_us: 1.0,

@@ -38,6 +38,7 @@ impl Router {
             max_payload: usize::MAX,
             eager_max: 64 * 1024,
             rndv_read_min: usize::MAX,
+            rndv_read_max: 0,
             pipeline_chunk: usize::MAX,
             model: crate::PerfModel {
                 latency_us: 0.05,

@@ -39,6 +39,7 @@ pub fn caps() -> Caps {
             .unwrap_or(EAGER_MAX)
             .min(MAX_PAYLOAD),
         rndv_read_min: usize::MAX,
+        rndv_read_max: 0,
         pipeline_chunk: MAX_PAYLOAD,
         model: PerfModel {
             latency_us: 10.0,

@@ -139,10 +139,10 @@ impl Universe {
         for peer in 0..self.state.size {
             let caps = p.fabric.caps(peer);
             let cfg = p.engine.config(peer);
-            let read = if cfg.read_min == usize::MAX {
+            let read = if cfg.read_min > cfg.read_max {
                 "never".to_string()
             } else {
-                format!(">= {}", cfg.read_min)
+                format!("{}..={} B", cfg.read_min, cfg.read_max)
             };
             out.push_str(&format!(
                 "rank {} -> {peer}: {} (eager <= {} B, rndv/read {read}, pipeline chunk {} B)\n",

@@ -125,7 +125,9 @@ impl State {
             let waited = start.elapsed();
             if waited < self.policy.spin {
                 continue;
-            } else if waited < self.policy.spin + self.policy.yield_for {
+            } else if waited < self.policy.spin + self.policy.yield_for || p.engine.has_tx() {
+                // Frames held back by a full ring wait for the peer to drain it, which rings
+                // no doorbell of ours: keep yielding rather than sleep through it.
                 std::thread::yield_now();
             } else {
                 p.fabric.wait(self.policy.sleep_slice);

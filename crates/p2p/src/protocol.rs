@@ -1,6 +1,7 @@
 //! Protocol selection: each message goes `eager`, `rndv/pipeline` or `rndv/read`, chosen by
 //! its size against per-peer thresholds taken from the fabric's capabilities and overridable
-//! with `OXMPI_EAGER_MAX` and `OXMPI_RNDV_READ_MIN` (sizes accept `k`/`m` suffixes).
+//! with `OXMPI_EAGER_MAX`, `OXMPI_RNDV_READ_MIN` and `OXMPI_RNDV_READ_MAX` (sizes accept
+//! `k`/`m` suffixes).
 
 use oxmpi_fabric::Caps;
 
@@ -33,6 +34,8 @@ pub struct ProtocolConfig {
     pub eager_max: usize,
     /// Smallest message read remotely (`usize::MAX`: never).
     pub read_min: usize,
+    /// Largest message read remotely; larger ones use the pipeline.
+    pub read_max: usize,
     /// Pipeline chunk size.
     pub chunk: usize,
 }
@@ -56,14 +59,18 @@ impl ProtocolConfig {
         let eager_max = env_size("OXMPI_EAGER_MAX")
             .unwrap_or(caps.eager_max)
             .min(caps.max_payload);
-        let read_min = if caps.rma_read {
-            env_size("OXMPI_RNDV_READ_MIN").unwrap_or(caps.rndv_read_min)
+        let (read_min, read_max) = if caps.rma_read {
+            (
+                env_size("OXMPI_RNDV_READ_MIN").unwrap_or(caps.rndv_read_min),
+                env_size("OXMPI_RNDV_READ_MAX").unwrap_or(caps.rndv_read_max),
+            )
         } else {
-            usize::MAX
+            (usize::MAX, 0)
         };
         Self {
             eager_max,
             read_min,
+            read_max,
             chunk: caps.pipeline_chunk.min(caps.max_payload).max(1),
         }
     }
@@ -72,7 +79,7 @@ impl ProtocolConfig {
     pub fn select(&self, len: usize) -> Protocol {
         if len <= self.eager_max {
             Protocol::Eager
-        } else if len >= self.read_min {
+        } else if len >= self.read_min && len <= self.read_max {
             Protocol::RndvRead
         } else {
             Protocol::RndvPipeline
@@ -89,11 +96,14 @@ mod tests {
         let c = ProtocolConfig {
             eager_max: 100,
             read_min: 1000,
+            read_max: 5000,
             chunk: 10,
         };
         assert_eq!(c.select(0), Protocol::Eager);
         assert_eq!(c.select(100), Protocol::Eager);
         assert_eq!(c.select(101), Protocol::RndvPipeline);
         assert_eq!(c.select(1000), Protocol::RndvRead);
+        assert_eq!(c.select(5000), Protocol::RndvRead);
+        assert_eq!(c.select(5001), Protocol::RndvPipeline);
     }
 }

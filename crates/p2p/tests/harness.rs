@@ -46,6 +46,7 @@ impl Sim {
                 max_payload: 1 << 20,
                 eager_max: config.eager_max,
                 rndv_read_min: config.read_min,
+                rndv_read_max: config.read_max,
                 pipeline_chunk: config.chunk,
                 model: PerfModel {
                     latency_us: 1.0,
@@ -147,6 +148,7 @@ fn config() -> ProtocolConfig {
     ProtocolConfig {
         eager_max: 64,
         read_min: 4096,
+        read_max: 8000,
         chunk: 100,
     }
 }
@@ -159,7 +161,7 @@ fn body(src: u32, tag: i32, k: u32, len: usize) -> Vec<u8> {
 }
 
 fn sizes(k: u32) -> usize {
-    [0usize, 1, 8, 64, 65, 300, 4095, 4096, 10_000][(k % 9) as usize]
+    [0usize, 1, 8, 64, 65, 300, 4095, 4096, 8000, 10_000][(k % 10) as usize]
 }
 
 #[test]

@@ -16,8 +16,14 @@ use ring::{Consumer, Producer, MAX_PAYLOAD};
 use segment::Segment;
 use std::time::Duration;
 
-/// Default largest eager message over shared memory.
-pub const EAGER_MAX: usize = 16 * 1024;
+/// Default largest eager message over shared memory (measured: docs/benchmarks.md).
+pub const EAGER_MAX: usize = 8 * 1024;
+/// Default smallest message read with `process_vm_readv` where permitted; smaller rendezvous
+/// messages, and all of them where CMA is not permitted, go through the ring pipeline.
+pub const RNDV_READ_MIN: usize = 8 * 1024 + 1;
+/// Default largest message read with `process_vm_readv`: above it the pipeline, where both
+/// ranks copy at once, moved more bytes per second in `osu_bw` on the 2-core VM.
+pub const RNDV_READ_MAX: usize = 128 * 1024;
 
 /// A peer reachable through shared memory.
 pub struct ShmPeer {
@@ -57,7 +63,8 @@ pub fn caps(cma: bool) -> Caps {
         eager_max: env_usize("OXMPI_SHM_EAGER_MAX")
             .unwrap_or(EAGER_MAX)
             .min(MAX_PAYLOAD),
-        rndv_read_min: env_usize("OXMPI_SHM_RNDV_READ_MIN").unwrap_or(usize::MAX),
+        rndv_read_min: env_usize("OXMPI_SHM_RNDV_READ_MIN").unwrap_or(RNDV_READ_MIN),
+        rndv_read_max: env_usize("OXMPI_SHM_RNDV_READ_MAX").unwrap_or(RNDV_READ_MAX),
         pipeline_chunk: MAX_PAYLOAD,
         model: PerfModel {
             latency_us: 0.3,

@@ -6,11 +6,14 @@
 //! that would straddle the end is preceded by a skip record filling the rest of the ring.
 //!
 //! The prefix is one 64-bit word — payload length and a stamp derived from the record's
-//! position — written last with release ordering. The consumer polls the prefix at its head
-//! and takes the record when the stamp matches, so a small message costs the receiver one
-//! cache-line transfer (the record itself), not a counter line and then the record. The
-//! consumer publishes `head` for the producer, which rereads it only when its cached copy says
-//! the ring is full. No lock, allocation or syscall per message.
+//! position — written last with release ordering, followed by a release store of `tail`. The
+//! consumer polls the prefix at its head and takes the record when the stamp matches, so a
+//! small message costs the receiver one cache-line transfer (the record itself), not a counter
+//! line and then the record. A line start that held payload bytes in the previous lap (inside a
+//! multi-line record) could by chance look like a valid prefix; the consumer remembers those
+//! lines in a private bitmap and, there only, confirms with `tail`. The consumer publishes
+//! `head` for the producer, which rereads it only when its cached copy says the ring is full.
+//! No lock, allocation or syscall per message.
 
 use crate::{Header, HEADER_LEN};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +136,7 @@ impl Producer {
             self.publish_prefix(idx, prefix(payload.len() as u32, self.tail));
         }
         self.tail += rec as u64;
+        self.ring.tail().store(self.tail, Ordering::Release);
         true
     }
 
@@ -149,54 +153,81 @@ impl Producer {
 #[derive(Debug)]
 pub struct Corrupt(pub String);
 
+const LINES: usize = RING_BYTES / LINE;
+
 /// The consumer's end.
 pub struct Consumer {
     ring: RingPtr,
     head: u64,
+    /// Lines whose first word held payload (not a prefix) when last written.
+    interior: Box<[u64; LINES / 64]>,
 }
 
 impl Consumer {
     /// Attaches to a ring.
     pub fn new(ring: RingPtr) -> Self {
         let head = ring.head().load(Ordering::Acquire);
-        Self { ring, head }
+        Self {
+            ring,
+            head,
+            interior: Box::new([0; LINES / 64]),
+        }
     }
 
+    /// Whether the record at the head is published; also returns its prefix and offset.
     #[inline]
-    fn prefix_at_head(&self) -> (u64, usize) {
+    fn ready(&self) -> Option<(u64, usize)> {
         let idx = (self.head % RING_BYTES as u64) as usize;
         // SAFETY: idx is line aligned within the ring, so the word is aligned and in bounds;
         // it is only ever accessed atomically.
         let p = unsafe { &*(self.ring.data.add(idx) as *const AtomicU64) };
-        (p.load(Ordering::Acquire), idx)
+        let word = p.load(Ordering::Acquire);
+        if (word >> 32) as u32 != stamp(self.head) {
+            return None;
+        }
+        let line = idx / LINE;
+        if self.interior[line / 64] & (1 << (line % 64)) != 0
+            && self.ring.tail().load(Ordering::Acquire) <= self.head
+        {
+            // Stale payload that happens to carry the stamp: not published yet.
+            return None;
+        }
+        Some((word, idx))
+    }
+
+    fn mark_interior(&mut self, first_line: usize, lines: usize) {
+        let (bits, start) = (&mut *self.interior, first_line);
+        bits[start / 64] &= !(1 << (start % 64));
+        for l in start + 1..start + lines {
+            bits[l / 64] |= 1 << (l % 64);
+        }
     }
 
     /// Whether a record is waiting.
     #[inline]
     pub fn has_data(&mut self) -> bool {
-        let (word, _) = self.prefix_at_head();
-        (word >> 32) as u32 == stamp(self.head)
+        self.ready().is_some()
     }
 
     /// Hands the next frame to `on`, if any; `Ok(false)` when the ring is empty.
     pub fn pop(&mut self, on: impl FnOnce(&Header, &[u8])) -> Result<bool, Corrupt> {
         loop {
-            let (word, idx) = self.prefix_at_head();
-            if (word >> 32) as u32 != stamp(self.head) {
+            let Some((word, idx)) = self.ready() else {
                 return Ok(false);
-            }
+            };
             let len = word as u32;
             if len == SKIP {
                 self.head += (RING_BYTES - idx) as u64;
                 continue;
             }
             let len = len as usize;
-            if len > MAX_PAYLOAD || idx + record_len(len) > RING_BYTES {
+            let rec = record_len(len);
+            if len > MAX_PAYLOAD || idx + rec > RING_BYTES {
                 return Err(Corrupt(format!("record length {len} at offset {idx}")));
             }
-            // SAFETY: the record [idx, idx + record_len(len)) is in bounds (checked) and fully
-            // written before its prefix, which we acquired; the producer will not overwrite it
-            // until we advance `head` below.
+            // SAFETY: the record [idx, idx + rec) is in bounds (checked) and fully written
+            // before its prefix, which we acquired; the producer will not overwrite it until
+            // we advance `head` below.
             let (header, payload) = unsafe {
                 let base = self.ring.data.add(idx + PREFIX);
                 (
@@ -205,15 +236,8 @@ impl Consumer {
                 )
             };
             on(header, payload);
-            // Line starts inside this record held payload bytes, which a later lap could
-            // mistake for a record prefix: clear them. (Single-line records, the latency-
-            // critical case, have none; a record's own first line always holds a prefix.)
-            let rec = record_len(len);
-            for line in (idx + LINE..idx + rec).step_by(LINE) {
-                // SAFETY: within the record just consumed (bounds checked above); the
-                // producer does not write it again until we publish the new head below.
-                let p = unsafe { &*(self.ring.data.add(line) as *const AtomicU64) };
-                p.store(0, Ordering::Relaxed);
+            if rec > LINE || self.interior[idx / LINE / 64] != 0 {
+                self.mark_interior(idx / LINE, rec / LINE);
             }
             self.head += rec as u64;
             self.ring.head().store(self.head, Ordering::Release);
@@ -228,6 +252,29 @@ mod tests {
 
     #[repr(C, align(64))]
     struct Mem([u8; RING_STRIDE]);
+
+    /// Ping-pong-like traffic of small records, many laps, all record sizes mixed.
+    #[test]
+    fn small_records_over_many_laps() {
+        let mut mem = Box::new(Mem([0; RING_STRIDE]));
+        // SAFETY: the boxed buffer is aligned, RING_STRIDE long and outlives the ring ends.
+        let ring = unsafe { RingPtr::new(mem.0.as_mut_ptr()) };
+        let (mut p, mut c) = (Producer::new(ring), Consumer::new(ring));
+        for k in 0..200_000u32 {
+            let len = [0usize, 8, 9, 32, 64, 200, 1000][(k % 7) as usize] + (k as usize % 3);
+            let payload: Vec<u8> = (0..len).map(|i| (i as u32 ^ k) as u8).collect();
+            let mut h = [0u8; HEADER_LEN];
+            h[..4].copy_from_slice(&k.to_le_bytes());
+            assert!(p.push(&h, &payload), "room for message {k}");
+            assert!(c
+                .pop(|h, pl| {
+                    assert_eq!(u32::from_le_bytes(h[..4].try_into().unwrap()), k);
+                    assert_eq!(pl, &payload[..]);
+                })
+                .unwrap());
+            assert!(!c.has_data());
+        }
+    }
 
     #[test]
     fn wraps_and_preserves_order() {
@@ -259,5 +306,30 @@ mod tests {
         }
         while c.pop(|_, _| next_out += 1).unwrap() {}
         assert_eq!(next_in, next_out);
+    }
+
+    #[test]
+    fn stale_payload_that_looks_like_a_prefix_is_not_taken() {
+        let mut mem = Box::new(Mem([0; RING_STRIDE]));
+        // SAFETY: the boxed buffer is aligned, RING_STRIDE long and outlives the ring ends.
+        let ring = unsafe { RingPtr::new(mem.0.as_mut_ptr()) };
+        let (mut p, mut c) = (Producer::new(ring), Consumer::new(ring));
+        let h = [0u8; HEADER_LEN];
+        // A 3-line record whose second line starts with the prefix a record at position
+        // RING_BYTES + 64 (same line, next lap) would carry.
+        let mut payload = vec![0u8; 100];
+        payload[8..16].copy_from_slice(&prefix(5, (RING_BYTES + LINE) as u64).to_le_bytes());
+        assert!(p.push(&h, &payload));
+        assert!(c.pop(|_, pl| assert_eq!(pl.len(), 100)).unwrap());
+        while p.tail < (RING_BYTES + LINE) as u64 {
+            assert!(p.push(&h, &[]));
+            assert!(c.pop(|_, _| {}).unwrap());
+        }
+        assert_eq!(c.head, (RING_BYTES + LINE) as u64);
+        assert!(!c
+            .pop(|_, _| panic!("took stale payload for a record"))
+            .unwrap());
+        assert!(p.push(&h, &[1, 2, 3]));
+        assert!(c.pop(|_, pl| assert_eq!(pl, &[1, 2, 3])).unwrap());
     }
 }
