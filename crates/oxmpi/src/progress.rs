@@ -106,11 +106,9 @@ impl State {
     /// Drives progress until `done` holds.
     pub fn wait_until(&self, mut done: impl FnMut(&mut Engine) -> bool) {
         let mut p = self.progress();
-        p.pass();
-        if done(&mut p.engine) {
-            return;
-        }
-        let start = Instant::now();
+        // The clock is read only once the wait has lasted 128 polls: short waits, the
+        // latency-critical ones, never pay for it.
+        let mut start: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
             p.pass();
@@ -122,7 +120,7 @@ impl State {
             if !spins.is_multiple_of(128) {
                 continue;
             }
-            let waited = start.elapsed();
+            let waited = start.get_or_insert_with(Instant::now).elapsed();
             if waited < self.policy.spin {
                 continue;
             } else if waited < self.policy.spin + self.policy.yield_for || p.engine.has_tx() {
