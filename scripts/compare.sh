@@ -2,11 +2,14 @@
 # Runs one OSU-style benchmark under oxmpi, Open MPI and MPICH, one after another, and prints
 # the results side by side.
 #
-# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] BENCH [bench flags...]
+# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] [--repeat R] BENCH [bench flags...]
 #   BENCH        osu_latency | osu_bw | osu_bibw | osu_multi_lat
 #   --fabric     shm (default): each library's shared-memory path between the local ranks;
 #                tcp: each library's TCP path over loopback, shared memory kept out of the way
 #   --np N       ranks (default 2; osu_multi_lat takes any even N)
+#   --repeat R   run the three R times, interleaved, and keep each one's best figure per size
+#                (lowest latency, highest bandwidth): on a noisy VM this compares the
+#                libraries rather than the moments they happened to run in (default 1)
 #   bench flags  passed to all three unchanged: -m [MIN:]MAX, -i ITERS, -x WARMUP, -W WINDOW
 #
 # Binaries: target/release/{oxrun,BENCH} (cargo build --release) and
@@ -16,16 +19,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 fabric=shm
 np=2
+repeat=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --fabric) [ $# -ge 2 ] || usage; fabric="$2"; shift 2 ;;
         --fabric=*) fabric="${1#*=}"; shift ;;
         --np|-n|-np) [ $# -ge 2 ] || usage; np="$2"; shift 2 ;;
         --np=*) np="${1#*=}"; shift ;;
+        --repeat) [ $# -ge 2 ] || usage; repeat="$2"; shift 2 ;;
         -h|--help) usage ;;
         *) break ;;
     esac
@@ -146,7 +151,7 @@ run() {
     shift
     echo "compare.sh: running $name: $(q "$@")" >&2
     local rc=0
-    timeout -k 10 "$TIMEOUT" "$@" >"$work/$name.out" 2>"$work/$name.err" || rc=$?
+    timeout -k 10 "$TIMEOUT" "$@" >>"$work/$name.out" 2>>"$work/$name.err" || rc=$?
     if [ "$rc" -ne 0 ]; then
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
             notes+=("$name: timed out after ${TIMEOUT}s (partial results kept)")
@@ -159,9 +164,11 @@ run() {
     return 0
 }
 
-[ ${#ox_cmd[@]} -eq 0 ] || { cmd_text[oxmpi]=$(q "${ox_cmd[@]}"); run oxmpi "${ox_cmd[@]}"; }
-[ ${#ompi_cmd[@]} -eq 0 ] || { cmd_text[openmpi]=$(q "${ompi_cmd[@]}"); run openmpi "${ompi_cmd[@]}"; }
-[ ${#mpich_cmd[@]} -eq 0 ] || { cmd_text[mpich]=$(q "${mpich_cmd[@]}"); run mpich "${mpich_cmd[@]}"; }
+for ((round = 1; round <= repeat; round++)); do
+    [ ${#ox_cmd[@]} -eq 0 ] || { cmd_text[oxmpi]=$(q "${ox_cmd[@]}"); run oxmpi "${ox_cmd[@]}"; }
+    [ ${#ompi_cmd[@]} -eq 0 ] || { cmd_text[openmpi]=$(q "${ompi_cmd[@]}"); run openmpi "${ompi_cmd[@]}"; }
+    [ ${#mpich_cmd[@]} -eq 0 ] || { cmd_text[mpich]=$(q "${mpich_cmd[@]}"); run mpich "${mpich_cmd[@]}"; }
+done
 
 # The UCX transports MPICH's endpoints actually used (ch4:ucx with UCX_LOG_LEVEL=info).
 ucx_tls=""
@@ -179,6 +186,7 @@ case "$bench" in
 esac
 echo "# oxmpi vs Open MPI vs MPICH: $bench, fabric $fabric, $np ranks, $ncpu CPUs ($(uname -m), $(uname -r))"
 echo "# metric: $metric"
+[ "$repeat" -gt 1 ] && echo "# best of $repeat interleaved runs per library and size"
 echo "# 1-minute load average before the runs: $load_before (anything else running skews these figures)"
 echo "# env: OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1"
 for name in oxmpi openmpi mpich; do
@@ -198,7 +206,8 @@ done
 for name in oxmpi openmpi mpich; do
     [ -f "$work/$name.out" ] || : >"$work/$name.out"
 done
-awk '
+case "$bench" in osu_latency|osu_multi_lat) lower=1 ;; *) lower=0 ;; esac
+awk -v lower="$lower" '
     function val(name, s) { return ((name, s) in v) ? v[name, s] : "-" }
     function ratio(a, b) {
         if (a == "-" || b == "-" || b + 0 == 0) return "-"
@@ -207,7 +216,8 @@ awk '
     FNR == 1 { name = FILENAME; sub(/.*\//, "", name); sub(/\.out$/, "", name) }
     /^#/ || NF < 2 || $1 !~ /^[0-9]+$/ { next }
     {
-        v[name, $1] = $2
+        if (!((name, $1) in v) || (lower ? $2 + 0 < v[name, $1] + 0 : $2 + 0 > v[name, $1] + 0))
+            v[name, $1] = $2
         if (!($1 in seen)) { seen[$1] = 1; sizes[++n] = $1 + 0 }
     }
     END {

@@ -27,6 +27,8 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 pub const EAGER_MAX: usize = 64 * 1024;
 /// Backlog size above which sends report back-pressure.
 pub const BACKLOG_MAX: usize = 4 * 1024 * 1024;
+/// Up to this many peers, `poll` reads each socket directly instead of asking epoll.
+const DIRECT_POLL_MAX: usize = 4;
 const RX_CAPACITY: usize = 4 * (PREFIX + HEADER_LEN + MAX_PAYLOAD);
 
 /// Capabilities of a TCP link.
@@ -64,6 +66,8 @@ pub struct Tcp {
     rank: Rank,
     size: u32,
     conns: Vec<Option<Conn>>,
+    /// Ranks with a connection, in order.
+    peers: Vec<Rank>,
     epoll: RawFd,
     caps: Caps,
     events: Vec<libc::epoll_event>,
@@ -231,10 +235,12 @@ impl Tcp {
                 lost: None,
             });
         }
+        let peers = (0..size).filter(|&p| conns[p as usize].is_some()).collect();
         Ok(Self {
             rank,
             size,
             conns,
+            peers,
             epoll,
             caps: caps(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; size.max(1) as usize],
@@ -389,6 +395,34 @@ impl Tcp {
         Ok(events)
     }
 
+    /// Polling a few peers: one non-blocking read per peer costs one syscall when idle, where
+    /// epoll costs one for the readiness list plus one per read.
+    fn poll_direct(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+        let mut events = 0;
+        for i in 0..self.peers.len() {
+            let peer = self.peers[i];
+            let c = self.conns[peer as usize]
+                .as_ref()
+                .expect("listed peer has a connection");
+            if c.lost.is_some() {
+                continue;
+            }
+            if !c.backlog.is_empty() {
+                self.flush_peer(peer)?;
+            }
+            events += self.read_peer(peer, on)?;
+        }
+        Ok(events)
+    }
+
+    fn flush_peer(&mut self, peer: Rank) -> Result<(), FabricError> {
+        let epoll = self.epoll;
+        match self.conns[peer as usize].as_mut() {
+            Some(c) if c.lost.is_none() => Self::flush(epoll, peer, c),
+            _ => Ok(()),
+        }
+    }
+
     fn epoll_wait(&mut self, timeout_ms: i32) -> usize {
         let cap = self.events.len() as i32;
         // SAFETY: the events buffer holds `cap` entries; epoll fd is valid.
@@ -485,18 +519,16 @@ impl Fabric for Tcp {
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+        if self.peers.len() <= DIRECT_POLL_MAX {
+            return self.poll_direct(on);
+        }
         let n = self.epoll_wait(0);
         let mut events = 0;
         for i in 0..n {
             let ev = self.events[i];
             let peer = ev.u64 as Rank;
             if ev.events & libc::EPOLLOUT as u32 != 0 {
-                let epoll = self.epoll;
-                if let Some(c) = self.conns[peer as usize].as_mut() {
-                    if c.lost.is_none() {
-                        Self::flush(epoll, peer, c)?;
-                    }
-                }
+                self.flush_peer(peer)?;
             }
             if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 events += self.read_peer(peer, on)?;
