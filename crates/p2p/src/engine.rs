@@ -251,16 +251,20 @@ impl Engine {
         let Some(slot) = self.slot_mut(id) else {
             return;
         };
-        let data = match std::mem::replace(&mut slot.state, SlotState::Free) {
-            // Lent buffers go back to their scope now; owned ones travel with the completion.
-            SlotState::Recv(r) => r.buf.and_then(MemMut::into_vec).filter(|_| r.alloc),
-            _ => None,
-        };
-        slot.state = SlotState::Done(Completion {
+        let done = SlotState::Done(Completion {
             status,
             result,
-            data,
+            data: None,
         });
+        // Lent buffers go back to their scope now (dropped with the old state); an owned
+        // receive buffer travels with the completion.
+        if let SlotState::Recv(r) = std::mem::replace(&mut slot.state, done) {
+            if r.alloc {
+                if let (Some(buf), SlotState::Done(c)) = (r.buf, &mut slot.state) {
+                    c.data = buf.into_vec();
+                }
+            }
+        }
         if slot.detached {
             self.release(id);
         }
