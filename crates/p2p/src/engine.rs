@@ -838,7 +838,9 @@ impl Engine {
                         tag: s.tag,
                         seq: s.seq,
                         len: s.len,
-                        req: id,
+                        // Only the receivers of synchronous sends and RTS answer with this id;
+                        // zero otherwise lets a fabric store a shorter header.
+                        req: if eager && !s.sync { 0 } else { id },
                         arg: if read {
                             fabric.remote_key(data).addr
                         } else {

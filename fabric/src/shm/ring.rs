@@ -2,7 +2,8 @@
 //!
 //! Layout: one cache line holding the producer's `tail`, one holding the consumer's `head`
 //! (both monotonically increasing byte counts), then `RING_BYTES` of records. A record is an
-//! 8-byte prefix, the 48-byte frame header and the payload, padded to a cache line. A record
+//! 8-byte prefix, the 48-byte frame header (32 bytes when its last 16 are zero, as for
+//! standard-mode eager frames) and the payload, padded to a cache line. A record
 //! that would straddle the end is preceded by a skip record filling the rest of the ring.
 //!
 //! The prefix is one 64-bit word — payload length and a stamp derived from the record's
@@ -25,6 +26,10 @@ const PREFIX: usize = 8;
 const LINE: usize = 64;
 /// Largest payload: a record of exactly 64 KiB, so eight fill the ring.
 pub const MAX_PAYLOAD: usize = 64 * 1024 - PREFIX - HEADER_LEN;
+/// Stored length of a header whose last 16 bytes are zero.
+const SHORT_HEADER: usize = 32;
+/// Set in a record's length field when its header is stored short.
+const SHORT_FLAG: u32 = 1 << 31;
 /// Length value marking a skip record.
 const SKIP: u32 = u32::MAX;
 /// Bytes a ring occupies in a segment (control lines + records).
@@ -82,8 +87,19 @@ impl RingPtr {
     }
 }
 
-fn record_len(payload: usize) -> usize {
-    (PREFIX + HEADER_LEN + payload).div_ceil(LINE) * LINE
+fn record_len(header: usize, payload: usize) -> usize {
+    (PREFIX + header + payload).div_ceil(LINE) * LINE
+}
+
+/// Bytes of the header stored for a frame: the last 16 bytes are left out when they are
+/// zero (as in standard-mode eager frames), so up to 24 payload bytes fit in one cache line.
+#[inline]
+fn stored_header_len(header: &Header) -> usize {
+    if header[SHORT_HEADER..].iter().all(|&b| b == 0) {
+        SHORT_HEADER
+    } else {
+        HEADER_LEN
+    }
 }
 
 /// The producer's end.
@@ -108,7 +124,8 @@ impl Producer {
     /// Appends a frame; `false` if the ring has no room now.
     pub fn push(&mut self, header: &Header, payload: &[u8]) -> bool {
         debug_assert!(payload.len() <= MAX_PAYLOAD);
-        let rec = record_len(payload.len());
+        let hlen = stored_header_len(header);
+        let rec = record_len(hlen, payload.len());
         let idx = (self.tail % RING_BYTES as u64) as usize;
         let to_end = RING_BYTES - idx;
         let need = if rec <= to_end { rec } else { to_end + rec };
@@ -131,9 +148,10 @@ impl Producer {
         // the body only after it acquires the prefix, which is published last.
         unsafe {
             let dst = self.ring.data.add(idx + PREFIX);
-            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(HEADER_LEN), payload.len());
-            self.publish_prefix(idx, prefix(payload.len() as u32, self.tail));
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, hlen);
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(hlen), payload.len());
+            let short = if hlen == SHORT_HEADER { SHORT_FLAG } else { 0 };
+            self.publish_prefix(idx, prefix(payload.len() as u32 | short, self.tail));
         }
         self.tail += rec as u64;
         self.ring.tail().store(self.tail, Ordering::Release);
@@ -220,20 +238,29 @@ impl Consumer {
                 self.head += (RING_BYTES - idx) as u64;
                 continue;
             }
-            let len = len as usize;
-            let rec = record_len(len);
+            let hlen = if len & SHORT_FLAG != 0 {
+                SHORT_HEADER
+            } else {
+                HEADER_LEN
+            };
+            let len = (len & !SHORT_FLAG) as usize;
+            let rec = record_len(hlen, len);
             if len > MAX_PAYLOAD || idx + rec > RING_BYTES {
                 return Err(Corrupt(format!("record length {len} at offset {idx}")));
             }
+            let mut full = [0u8; HEADER_LEN];
             // SAFETY: the record [idx, idx + rec) is in bounds (checked) and fully written
             // before its prefix, which we acquired; the producer will not overwrite it until
             // we advance `head` below.
             let (header, payload) = unsafe {
                 let base = self.ring.data.add(idx + PREFIX);
-                (
-                    &*(base as *const Header),
-                    std::slice::from_raw_parts(base.add(HEADER_LEN), len),
-                )
+                let header: &Header = if hlen == HEADER_LEN {
+                    &*(base as *const Header)
+                } else {
+                    std::ptr::copy_nonoverlapping(base, full.as_mut_ptr(), SHORT_HEADER);
+                    &full
+                };
+                (header, std::slice::from_raw_parts(base.add(hlen), len))
             };
             on(header, payload);
             if rec > LINE || self.interior[idx / LINE / 64] != 0 {
@@ -265,10 +292,14 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i as u32 ^ k) as u8).collect();
             let mut h = [0u8; HEADER_LEN];
             h[..4].copy_from_slice(&k.to_le_bytes());
+            if k % 2 == 1 {
+                // A full header (its last 16 bytes not zero) on every other record.
+                h[40..44].copy_from_slice(&k.to_le_bytes());
+            }
             assert!(p.push(&h, &payload), "room for message {k}");
             assert!(c
-                .pop(|h, pl| {
-                    assert_eq!(u32::from_le_bytes(h[..4].try_into().unwrap()), k);
+                .pop(|got, pl| {
+                    assert_eq!(got, &h);
                     assert_eq!(pl, &payload[..]);
                 })
                 .unwrap());
