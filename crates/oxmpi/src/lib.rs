@@ -70,6 +70,8 @@ pub fn init() -> Result<Universe> {
         return Err(Error::AlreadyInitialized);
     }
     let env = JobEnv::from_env()?;
+    // Counted before this rank pins itself: afterwards the process sees one CPU.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(cpu) = std::env::var("OXMPI_BIND_CPU")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -85,17 +87,18 @@ pub fn init() -> Result<Universe> {
     } else {
         (Router::singleton(), None)
     };
-    Ok(Universe::from_router(router, kvs))
+    Ok(Universe::from_router(router, kvs, cores))
 }
 
 impl Universe {
     /// A universe over an already wired fabric (e.g. one thread-rank of
     /// [`oxmpi_fabric::loopback::world`]).
     pub fn from_fabric(fabric: Box<dyn Fabric>) -> Self {
-        Self::from_router(Router::single(fabric), None)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::from_router(Router::single(fabric), None, cores)
     }
 
-    fn from_router(fabric: Router, kvs: Option<KvsClient>) -> Self {
+    fn from_router(fabric: Router, kvs: Option<KvsClient>, cores: usize) -> Self {
         let engine = Engine::for_fabric(&fabric);
         let (rank, size) = (fabric.rank(), fabric.size());
         let local = 1
@@ -111,7 +114,7 @@ impl Universe {
             kvs: RefCell::new(kvs),
             rank,
             size,
-            policy: WaitPolicy::new(local),
+            policy: WaitPolicy::new(local, cores),
         };
         Self {
             state: Rc::new(state),
@@ -161,10 +164,12 @@ impl Universe {
 impl Drop for Universe {
     fn drop(&mut self) {
         // MPI_Finalize: make sure no rank tears its fabric down while others still need it.
+        // Peers that finish the barrier first close their connections while the others are
+        // still in it: expected now, so not reported.
+        self.state.progress().finalizing = true;
         if self.state.size > 1 && !std::thread::panicking() {
             let _ = self.world().barrier();
         }
-        self.state.progress().finalizing = true;
         INITIALIZED.store(false, Ordering::SeqCst);
     }
 }

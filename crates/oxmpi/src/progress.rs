@@ -74,8 +74,8 @@ pub(crate) struct WaitPolicy {
 }
 
 impl WaitPolicy {
-    pub fn new(local_ranks: usize) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// `cores`: the CPUs this host offers the job (read before a rank pins itself to one).
+    pub fn new(local_ranks: usize, cores: usize) -> Self {
         let default_spin = if local_ranks > cores { 0 } else { 50 };
         let spin = std::env::var("OXMPI_SPIN_US")
             .ok()
@@ -116,8 +116,10 @@ impl State {
                 return;
             }
             spins = spins.wrapping_add(1);
-            // No PAUSE here: on recent x86 it costs ~140 cycles, which is latency.
-            if !spins.is_multiple_of(128) {
+            // No PAUSE here: on recent x86 it costs ~140 cycles, which is latency. With no
+            // spin phase (oversubscribed), yield after every empty poll: the peer we wait for
+            // may need this very core.
+            if !self.policy.spin.is_zero() && !spins.is_multiple_of(128) {
                 continue;
             }
             let waited = start.get_or_insert_with(Instant::now).elapsed();
