@@ -101,6 +101,10 @@ impl Universe {
     fn from_router(fabric: Router, kvs: Option<KvsClient>, cores: usize) -> Self {
         let engine = Engine::for_fabric(&fabric);
         let (rank, size) = (fabric.rank(), fabric.size());
+        let sockets_only = size > 1
+            && (0..size)
+                .filter(|&p| p != rank)
+                .all(|p| fabric.backend_name(p) == "tcp");
         let local = 1
             + (0..size)
                 .filter(|&p| p != rank && fabric.backend_name(p) == "shm")
@@ -114,7 +118,7 @@ impl Universe {
             kvs: RefCell::new(kvs),
             rank,
             size,
-            policy: WaitPolicy::new(local, cores),
+            policy: WaitPolicy::new(local, cores, sockets_only),
         };
         Self {
             state: Rc::new(state),

@@ -1,7 +1,8 @@
 //! The driver: one rank's engine and fabric, and how a blocking call waits.
 //!
 //! Waiting spins on progress for a short while (`OXMPI_SPIN_US`, default 50 µs; none when the
-//! host runs more ranks than it has cores), then yields the core for up to 2 ms, then sleeps
+//! host runs more ranks than it has cores or all peers are behind sockets, where every empty
+//! poll yields instead), then yields the core for up to 2 ms, then sleeps
 //! on the fabric's wait handle (a futex doorbell for shared memory, epoll for TCP) in slices of
 //! a few milliseconds. So two pinned ranks see polling latency, and eight ranks on two cores
 //! still make progress without burning each other's time.
@@ -75,8 +76,15 @@ pub(crate) struct WaitPolicy {
 
 impl WaitPolicy {
     /// `cores`: the CPUs this host offers the job (read before a rank pins itself to one).
-    pub fn new(local_ranks: usize, cores: usize) -> Self {
-        let default_spin = if local_ranks > cores { 0 } else { 50 };
+    /// `sockets_only`: every peer is reached over TCP. Polling sockets then yields after each
+    /// empty poll too: it leaves the core to the kernel's receive processing, which measured
+    /// lower loopback latency than a tight loop of reads (docs/benchmarks.md).
+    pub fn new(local_ranks: usize, cores: usize, sockets_only: bool) -> Self {
+        let default_spin = if local_ranks > cores || sockets_only {
+            0
+        } else {
+            50
+        };
         let spin = std::env::var("OXMPI_SPIN_US")
             .ok()
             .and_then(|v| v.parse().ok())
