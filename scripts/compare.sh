@@ -2,7 +2,7 @@
 # Runs one OSU-style benchmark under oxmpi, Open MPI and MPICH, one after another, and prints
 # the results side by side.
 #
-# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] [--repeat R] BENCH [bench flags...]
+# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] [--repeat R] [--stat best|median] BENCH [flags...]
 #   BENCH        osu_latency | osu_bw | osu_bibw | osu_multi_lat
 #   --fabric     shm (default): each library's shared-memory path between the local ranks;
 #                tcp: each library's TCP path over loopback, shared memory kept out of the way
@@ -10,6 +10,7 @@
 #   --repeat R   run the three R times, interleaved, and keep each one's best figure per size
 #                (lowest latency, highest bandwidth): on a noisy VM this compares the
 #                libraries rather than the moments they happened to run in (default 1)
+#   --stat       with --repeat: report each library's best (default) or median figure per size
 #   bench flags  passed to all three unchanged: -m [MIN:]MAX, -i ITERS, -x WARMUP, -W WINDOW
 #
 # Binaries: target/release/{oxrun,BENCH} (cargo build --release) and
@@ -19,11 +20,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 fabric=shm
 np=2
 repeat=1
+stat=best
 while [ $# -gt 0 ]; do
     case "$1" in
         --fabric) [ $# -ge 2 ] || usage; fabric="$2"; shift 2 ;;
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
         --np|-n|-np) [ $# -ge 2 ] || usage; np="$2"; shift 2 ;;
         --np=*) np="${1#*=}"; shift ;;
         --repeat) [ $# -ge 2 ] || usage; repeat="$2"; shift 2 ;;
+        --stat) [ $# -ge 2 ] || usage; stat="$2"; shift 2 ;;
         -h|--help) usage ;;
         *) break ;;
     esac
@@ -186,7 +189,7 @@ case "$bench" in
 esac
 echo "# oxmpi vs Open MPI vs MPICH: $bench, fabric $fabric, $np ranks, $ncpu CPUs ($(uname -m), $(uname -r))"
 echo "# metric: $metric"
-[ "$repeat" -gt 1 ] && echo "# best of $repeat interleaved runs per library and size"
+[ "$repeat" -gt 1 ] && echo "# $stat of $repeat interleaved runs per library and size"
 echo "# 1-minute load average before the runs: $load_before (anything else running skews these figures)"
 echo "# env: OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1"
 for name in oxmpi openmpi mpich; do
@@ -207,7 +210,7 @@ for name in oxmpi openmpi mpich; do
     [ -f "$work/$name.out" ] || : >"$work/$name.out"
 done
 case "$bench" in osu_latency|osu_multi_lat) lower=1 ;; *) lower=0 ;; esac
-awk -v lower="$lower" '
+awk -v lower="$lower" -v stat="$stat" '
     function val(name, s) { return ((name, s) in v) ? v[name, s] : "-" }
     function ratio(a, b) {
         if (a == "-" || b == "-" || b + 0 == 0) return "-"
@@ -218,9 +221,18 @@ awk -v lower="$lower" '
     {
         if (!((name, $1) in v) || (lower ? $2 + 0 < v[name, $1] + 0 : $2 + 0 > v[name, $1] + 0))
             v[name, $1] = $2
+        all[name, $1, ++cnt[name, $1]] = $2 + 0
         if (!($1 in seen)) { seen[$1] = 1; sizes[++n] = $1 + 0 }
     }
     END {
+        if (stat == "median") {
+            for (key in cnt) {
+                k = cnt[key]
+                for (i = 1; i <= k; i++) xs[i] = all[key, i]
+                for (i = 2; i <= k; i++) { x = xs[i]; for (j = i - 1; j >= 1 && xs[j] > x; j--) xs[j + 1] = xs[j]; xs[j + 1] = x }
+                v[key] = (k % 2) ? xs[(k + 1) / 2] : sprintf("%.2f", (xs[k / 2] + xs[k / 2 + 1]) / 2)
+            }
+        }
         # numeric insertion sort of the sizes seen in any output
         for (i = 2; i <= n; i++) {
             x = sizes[i]

@@ -91,6 +91,7 @@ pub fn lend_scope<'env, T>(
 enum RefLease {
     Lent(*const Cell<usize>),
     Owned(Arc<Vec<u8>>),
+    Static,
 }
 
 /// Readable memory held by the transport: lent from a scope or owned.
@@ -117,9 +118,18 @@ impl MemRef {
         }
     }
 
+    /// Bytes that live for the whole program (no allocation, no counting).
+    pub fn from_static(bytes: &'static [u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            lease: RefLease::Static,
+        }
+    }
+
     /// An empty region.
     pub fn empty() -> Self {
-        Self::owned(Vec::new())
+        Self::from_static(&[])
     }
 
     /// The bytes.
@@ -127,9 +137,9 @@ impl MemRef {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: ptr/len describe a live allocation: either borrowed for the lending scope,
-        // which cannot end while this value (counted in `outstanding`) exists, or kept alive
-        // by the Arc in `lease`.
+        // SAFETY: ptr/len describe live bytes: borrowed for the lending scope, which cannot
+        // end while this value (counted in `outstanding`) exists, kept alive by the Arc in
+        // `lease`, or 'static.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
@@ -155,6 +165,7 @@ impl Clone for MemRef {
                 RefLease::Lent(*c)
             }
             RefLease::Owned(a) => RefLease::Owned(a.clone()),
+            RefLease::Static => RefLease::Static,
         };
         Self {
             ptr: self.ptr,

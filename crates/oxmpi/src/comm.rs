@@ -292,13 +292,9 @@ impl Communicator {
             let from = self.group.to_world((me + n - dist) % n) as i32;
             let (sid, rid) = {
                 let mut p = self.state.progress();
-                let sid = p.engine.isend(
-                    ctx,
-                    to,
-                    round,
-                    MemRef::owned(Vec::new()),
-                    SendMode::Standard,
-                );
+                let sid = p
+                    .engine
+                    .isend(ctx, to, round, MemRef::empty(), SendMode::Standard);
                 let rid = p.engine.irecv(ctx, from, round, None);
                 (sid, rid)
             };
