@@ -6,7 +6,7 @@
 //! `0..=TAG_UB`; every call returns `Result`.
 
 use crate::group::Group;
-use crate::progress::{check_rank, State};
+use crate::progress::{check_rank, Progress, State};
 use crate::request::{ObjRecv, Request, Scope};
 use crate::status::{check_tag, Source, Status, Tag};
 use crate::Error;
@@ -107,6 +107,13 @@ impl Communicator {
     fn send_bytes(&self, bytes: &[u8], dest: u32, tag: i32, mode: SendMode) -> Result<(), Error> {
         let dest = self.dest(dest)?;
         let tag = check_tag(tag)?;
+        if mode == SendMode::Standard {
+            let mut p = self.state.progress();
+            let Progress { engine, fabric, .. } = &mut *p;
+            if engine.try_send_now(fabric, self.ctx, dest, tag, bytes)? {
+                return Ok(());
+            }
+        }
         lend_scope(
             |l| {
                 let mem = l.lend(bytes);

@@ -9,6 +9,7 @@
 //! request without waiting detaches it: the operation still completes.
 
 use crate::comm::{decode, Communicator};
+use crate::progress::Progress;
 use crate::status::{check_tag, Source, Status, Tag};
 use crate::Error;
 use bytemuck::Pod;
@@ -37,7 +38,21 @@ impl<'s, 'env> Scope<'s, 'env> {
         let c = self.comm;
         let dest = c.dest(dest)?;
         let tag = check_tag(tag)?;
-        let mem = self.lender.lend(bytemuck::cast_slice(buf));
+        let bytes: &[u8] = bytemuck::cast_slice(buf);
+        if mode == SendMode::Standard {
+            let mut p = c.state.progress();
+            let Progress { engine, fabric, .. } = &mut *p;
+            if engine.try_send_now(fabric, c.ctx, dest, tag, bytes)? {
+                let status = oxmpi_p2p::Status {
+                    source: dest,
+                    tag,
+                    bytes: bytes.len() as u64,
+                };
+                drop(p);
+                return Ok(Request::sent(c.clone(), status));
+            }
+        }
+        let mem = self.lender.lend(bytes);
         let id = c.state.progress().engine.isend(c.ctx, dest, tag, mem, mode);
         Ok(Request::new(c.clone(), id))
     }
@@ -74,6 +89,8 @@ pub struct Request<'s> {
     comm: Communicator,
     id: ReqId,
     active: bool,
+    /// Set for a send that completed when it was started (no engine request behind it).
+    sent: Option<oxmpi_p2p::Status>,
     _scope: PhantomData<&'s ()>,
 }
 
@@ -89,13 +106,34 @@ impl<'s> Request<'s> {
             comm,
             id,
             active: true,
+            sent: None,
             _scope: PhantomData,
         }
+    }
+
+    /// A send that already completed.
+    pub(crate) fn sent(comm: Communicator, status: oxmpi_p2p::Status) -> Self {
+        let mut r = Self::new(comm, 0);
+        r.sent = Some(status);
+        r
+    }
+
+    /// Whether the engine (or the immediate path) has finished it.
+    fn is_done(&self, e: &oxmpi_p2p::Engine) -> bool {
+        self.sent.is_some() || e.is_done(self.id)
     }
 
     fn take(&mut self) -> Option<Completion> {
         if !self.active {
             return None;
+        }
+        if let Some(status) = self.sent.take() {
+            self.active = false;
+            return Some(Completion {
+                status,
+                result: Ok(()),
+                data: None,
+            });
         }
         let c = self.comm.state.progress().engine.take(self.id)?;
         self.active = false;
@@ -103,6 +141,9 @@ impl<'s> Request<'s> {
     }
 
     pub(crate) fn wait_completion(mut self) -> Completion {
+        if let Some(c) = self.take() {
+            return c;
+        }
         let c = self.comm.wait_id(self.id);
         self.active = false;
         c
@@ -131,7 +172,7 @@ impl<'s> Request<'s> {
 
 impl Drop for Request<'_> {
     fn drop(&mut self) {
-        if self.active {
+        if self.active && self.sent.is_none() {
             if let Ok(mut p) = self.comm.state.progress.try_borrow_mut() {
                 p.engine.detach(self.id);
             }
@@ -146,7 +187,7 @@ pub fn wait_all(reqs: &mut [Request<'_>]) -> Result<Vec<Status>, Error> {
         return Ok(Vec::new());
     };
     let state = first.comm.state.clone();
-    state.wait_until(|e| reqs.iter().all(|r| !r.active || e.is_done(r.id)));
+    state.wait_until(|e| reqs.iter().all(|r| !r.active || r.is_done(e)));
     let mut out = Vec::with_capacity(reqs.len());
     let mut err = None;
     for r in reqs.iter_mut() {
@@ -171,7 +212,7 @@ pub fn wait_any(reqs: &mut [Request<'_>]) -> Result<Option<(usize, Status)>, Err
     let state = first.comm.state.clone();
     let mut which = None;
     state.wait_until(|e| {
-        which = reqs.iter().position(|r| r.active && e.is_done(r.id));
+        which = reqs.iter().position(|r| r.active && r.is_done(e));
         which.is_some()
     });
     let i = which.expect("one completed");
@@ -187,7 +228,7 @@ pub fn test_all(reqs: &mut [Request<'_>]) -> Result<bool, Error> {
     let done = {
         let mut p = first.comm.state.progress();
         p.pass();
-        reqs.iter().all(|r| !r.active || p.engine.is_done(r.id))
+        reqs.iter().all(|r| !r.active || r.is_done(&p.engine))
     };
     if done {
         wait_all(reqs)?;

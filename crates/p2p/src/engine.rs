@@ -337,6 +337,51 @@ impl Engine {
 
     // ----- operations -----
 
+    /// Sends a standard-mode eager message at once if nothing is queued for `dest` and its
+    /// fabric has room: the whole blocking `MPI_Send` of a small message, with no request, no
+    /// lent buffer and no queueing. Returns `Ok(false)` (and changes nothing) when the message
+    /// must take the general path ([`Engine::isend`]).
+    pub fn try_send_now(
+        &mut self,
+        fabric: &mut dyn Fabric,
+        ctx: u32,
+        dest: Rank,
+        tag: i32,
+        bytes: &[u8],
+    ) -> Result<bool, FabricError> {
+        let d = dest as usize;
+        if dest == self.rank
+            || bytes.len() > self.config[d].eager_max
+            || !self.txq[d].is_empty()
+            || self.dead[d].is_some()
+        {
+            return Ok(false);
+        }
+        let seq = self.send_seq[d];
+        let h = FrameHeader {
+            kind: Kind::Eager,
+            flags: 0,
+            ctx,
+            src: self.rank,
+            tag,
+            seq,
+            len: bytes.len() as u64,
+            req: 0,
+            arg: 0,
+        };
+        match fabric.send(dest, &h.encode(), bytes) {
+            Ok(Sent::Done) => {
+                self.send_seq[d] = seq.wrapping_add(1);
+                Ok(true)
+            }
+            Ok(Sent::WouldBlock) => Ok(false),
+            Err(e) => {
+                self.fail_peer(dest, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     /// Starts a send of `data` to `dest` (`MPI_Isend` / `MPI_Issend`).
     pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
         let len = data.len() as u64;

@@ -415,3 +415,35 @@ fn malformed_frames_are_dropped_and_counted() {
     assert_eq!(sim.wait(0, r).data.unwrap(), vec![1]);
     sim.wait(1, s).result.unwrap();
 }
+
+#[test]
+fn immediate_sends_keep_order_with_queued_ones() {
+    for seed in 1..=10 {
+        let sim = Sim::new(2, seed, config());
+        let mut queued = Vec::new();
+        for k in 0..60u32 {
+            let data = body(0, 1, k, sizes(k));
+            let sent_now = k % 3 != 0 && {
+                let mut f = SimFabric { sim: &sim, rank: 0 };
+                sim.engine(0).try_send_now(&mut f, 0, 1, 1, &data).unwrap()
+            };
+            if !sent_now {
+                queued.push(
+                    sim.engine(0)
+                        .isend(0, 1, 1, MemRef::owned(data), SendMode::Standard),
+                );
+            }
+        }
+        for k in 0..60u32 {
+            let r = sim.engine(1).irecv(0, 0, 1, None);
+            assert_eq!(
+                sim.wait(1, r).data.unwrap(),
+                body(0, 1, k, sizes(k)),
+                "seed {seed} message {k}"
+            );
+        }
+        for id in queued {
+            sim.wait(0, id).result.unwrap();
+        }
+    }
+}
