@@ -149,6 +149,29 @@ impl Communicator {
         let src = self.source(source.into())?;
         let tag = tag.into().raw()?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        // Direct path: when nothing else is posted or waiting here, take the message straight
+        // from the fabric into `buf`; fall back to a request as soon as a matching message
+        // arrives some other way (a rendezvous, or out of order).
+        let want = (self.ctx, src, tag);
+        if self
+            .state
+            .progress()
+            .engine
+            .can_recv_direct(self.ctx, src, tag)
+        {
+            let mut out = None;
+            let mut fallback = false;
+            self.state.wait_with(|p| {
+                p.pass_direct(want, bytes, &mut out);
+                fallback = out.is_none() && !p.engine.can_recv_direct(self.ctx, src, tag);
+                out.is_some() || fallback
+            });
+            if let Some(r) = out {
+                return r
+                    .map(|st| self.status(st))
+                    .map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)));
+            }
+        }
         lend_scope(
             |l| {
                 let mem = l.lend_mut(bytes);

@@ -53,6 +53,43 @@ impl Progress {
         n
     }
 
+    /// A pass for a direct receive (`Engine::handle_frame_direct`): fills `out` when the
+    /// receive's message arrives; other frames are processed as usual.
+    pub fn pass_direct(
+        &mut self,
+        want: (u32, i32, i32),
+        buf: &mut [u8],
+        out: &mut Option<Result<oxmpi_p2p::Status, oxmpi_p2p::P2pError>>,
+    ) {
+        let Self {
+            engine,
+            fabric,
+            finalizing,
+        } = self;
+        if engine.has_tx() {
+            let _ = engine.progress_tx(fabric);
+        }
+        let polled = fabric.poll(&mut |ev| match ev {
+            Event::Frame {
+                peer,
+                header,
+                payload,
+            } => {
+                if out.is_none() {
+                    *out = engine.handle_frame_direct(peer, header, payload, want, buf);
+                } else {
+                    engine.handle_frame(peer, header, payload);
+                }
+            }
+        });
+        if let Err(e) = polled {
+            Self::on_fabric_error(engine, e, *finalizing);
+        }
+        if engine.has_tx() {
+            let _ = engine.progress_tx(fabric);
+        }
+    }
+
     fn on_fabric_error(engine: &mut Engine, e: FabricError, finalizing: bool) {
         match &e {
             FabricError::PeerLost { peer, why } | FabricError::BadFrame { peer, why } => {
@@ -113,14 +150,22 @@ impl State {
 
     /// Drives progress until `done` holds.
     pub fn wait_until(&self, mut done: impl FnMut(&mut Engine) -> bool) {
+        self.wait_with(|p| {
+            p.pass();
+            done(&mut p.engine)
+        })
+    }
+
+    /// Calls `step` (one pass of progress and a check) until it returns true, waiting between
+    /// calls as the policy says.
+    pub fn wait_with(&self, mut step: impl FnMut(&mut Progress) -> bool) {
         let mut p = self.progress();
         // The clock is read only once the wait has lasted 128 polls: short waits, the
         // latency-critical ones, never pay for it.
         let mut start: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
-            p.pass();
-            if done(&mut p.engine) {
+            if step(&mut p) {
                 return;
             }
             spins = spins.wrapping_add(1);

@@ -478,6 +478,72 @@ impl Engine {
         id
     }
 
+    /// Whether a blocking receive for (`ctx`, `src`, `tag`) may take its message straight from
+    /// the frames as they arrive ([`Engine::handle_frame_direct`]): no other receive is posted
+    /// in `ctx` and no message already waiting matches, so the next matching arrival is its.
+    /// A lost source makes it false, so a waiting direct receive falls back to a request and
+    /// reports the loss.
+    pub fn can_recv_direct(&mut self, ctx: u32, src: i32, tag: i32) -> bool {
+        if src != ANY_SOURCE && self.dead.get(src as usize).is_some_and(Option::is_some) {
+            return false;
+        }
+        let q = self.queues(ctx);
+        q.posted().next().is_none() && q.peek_unexpected(src, tag).is_none()
+    }
+
+    /// Offers an arriving frame to a direct receive into `buf` (see
+    /// [`Engine::can_recv_direct`]): the next in-order eager frame from a matching source is
+    /// copied into `buf` and its outcome returned; any other frame is processed as usual
+    /// ([`Engine::handle_frame`]) and `None` returned.
+    pub fn handle_frame_direct(
+        &mut self,
+        peer: Rank,
+        header: &Header,
+        payload: &[u8],
+        (ctx, src, tag): (u32, i32, i32),
+        buf: &mut [u8],
+    ) -> Option<Result<Status, P2pError>> {
+        let Ok(h) = FrameHeader::decode(header) else {
+            self.handle_frame(peer, header, payload);
+            return None;
+        };
+        let p = peer as usize;
+        let take = h.kind == Kind::Eager
+            && h.src == peer
+            && p < self.recv_seq.len()
+            && peer != self.rank
+            && h.ctx == ctx
+            && crate::matching::matches(src, tag, peer, h.tag)
+            && h.seq == self.recv_seq[p]
+            && h.len == payload.len() as u64;
+        if !take {
+            self.handle_frame(peer, header, payload);
+            return None;
+        }
+        self.recv_seq[p] = h.seq.wrapping_add(1);
+        let n = buf.len().min(payload.len());
+        buf[..n].copy_from_slice(&payload[..n]);
+        if h.flags & FLAG_SYNC != 0 {
+            self.push_tx(peer, Tx::Ack { sreq: h.req });
+        }
+        self.release_held(peer);
+        let status = Status {
+            source: peer,
+            tag: h.tag,
+            bytes: h.len,
+        };
+        Some(if payload.len() > buf.len() {
+            Err(P2pError::Truncated {
+                source: peer,
+                tag: h.tag,
+                len: h.len,
+                capacity: buf.len() as u64,
+            })
+        } else {
+            Ok(status)
+        })
+    }
+
     /// Starts a receive (`MPI_Irecv`). `buf = None` receives into a buffer the engine
     /// allocates to the message's size (returned in [`Completion::data`]).
     pub fn irecv(&mut self, ctx: u32, src: i32, tag: i32, buf: Option<MemMut>) -> ReqId {
