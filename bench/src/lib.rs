@@ -127,3 +127,13 @@ pub fn line(size: usize, value: f64) {
 pub fn buffer(n: usize, fill: u8) -> Vec<u8> {
     vec![fill; n.max(1)]
 }
+
+/// Exits (non-zero, with a message from rank 0) unless `ok`: the benchmark needs `what`.
+pub fn require(world: &oxmpi::Communicator, name: &str, ok: bool, what: &str) {
+    if !ok {
+        if world.rank() == 0 {
+            eprintln!("{name} needs {what}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -9,12 +9,7 @@ fn main() -> Result<(), oxmpi::Error> {
     let universe = oxmpi::init()?;
     let world = universe.world();
     let opts = Options::parse("osu_bibw", 1, 100, 10);
-    if world.size() != 2 {
-        if world.rank() == 0 {
-            eprintln!("osu_bibw needs exactly 2 ranks");
-        }
-        std::process::exit(1);
-    }
+    oxmpi_bench::require(&world, "osu_bibw", world.size() == 2, "exactly 2 ranks");
     let me = world.rank();
     let peer = 1 - me;
     let window = opts.window;

@@ -9,12 +9,7 @@ fn main() -> Result<(), oxmpi::Error> {
     let universe = oxmpi::init()?;
     let world = universe.world();
     let opts = Options::parse("osu_bw", 1, 100, 10);
-    if world.size() != 2 {
-        if world.rank() == 0 {
-            eprintln!("osu_bw needs exactly 2 ranks");
-        }
-        std::process::exit(1);
-    }
+    oxmpi_bench::require(&world, "osu_bw", world.size() == 2, "exactly 2 ranks");
     let me = world.rank();
     let window = opts.window;
     let sbuf = buffer(opts.max * window, b's');

@@ -7,12 +7,7 @@ fn main() -> Result<(), oxmpi::Error> {
     let universe = oxmpi::init()?;
     let world = universe.world();
     let opts = Options::parse("osu_latency", 0, 10_000, 1_000);
-    if world.size() != 2 {
-        if world.rank() == 0 {
-            eprintln!("osu_latency needs exactly 2 ranks");
-        }
-        std::process::exit(1);
-    }
+    oxmpi_bench::require(&world, "osu_latency", world.size() == 2, "exactly 2 ranks");
     let me = world.rank();
     let mut sbuf = buffer(opts.max, b'a');
     let mut rbuf = buffer(opts.max, b'b');

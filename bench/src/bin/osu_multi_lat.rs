@@ -9,12 +9,12 @@ fn main() -> Result<(), oxmpi::Error> {
     let world = universe.world();
     let opts = Options::parse("osu_multi_lat", 0, 10_000, 1_000);
     let (me, n) = (world.rank(), world.size());
-    if n < 2 || n % 2 != 0 {
-        if me == 0 {
-            eprintln!("osu_multi_lat needs an even number of ranks");
-        }
-        std::process::exit(1);
-    }
+    oxmpi_bench::require(
+        &world,
+        "osu_multi_lat",
+        n >= 2 && n % 2 == 0,
+        "an even number of ranks",
+    );
     let half = n / 2;
     let (peer, pinger) = if me < half {
         (me + half, true)

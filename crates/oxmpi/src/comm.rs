@@ -85,9 +85,13 @@ impl Communicator {
     }
 
     pub(crate) fn finish(&self, c: Completion) -> Result<Status, Error> {
-        c.result
-            .map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)))?;
+        c.result.map_err(|e| self.error(e))?;
         Ok(self.status(c.status))
+    }
+
+    /// An engine error, with ranks translated to this communicator's.
+    fn error(&self, e: oxmpi_p2p::P2pError) -> Error {
+        Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w))
     }
 
     /// Waits for `id` and takes its outcome.
@@ -167,9 +171,7 @@ impl Communicator {
                 out.is_some() || fallback
             });
             if let Some(r) = out {
-                return r
-                    .map(|st| self.status(st))
-                    .map_err(|e| Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w)));
+                return r.map(|st| self.status(st)).map_err(|e| self.error(e));
             }
         }
         lend_scope(

@@ -9,7 +9,7 @@
 
 use crate::Error;
 use oxmpi_bootstrap::KvsClient;
-use oxmpi_fabric::{Event, Fabric, FabricError, Router};
+use oxmpi_fabric::{Event, Fabric, FabricError, Header, Rank, Router};
 use oxmpi_p2p::Engine;
 use std::cell::{RefCell, RefMut};
 use std::time::{Duration, Instant};
@@ -26,6 +26,29 @@ impl Progress {
     /// One pass: transmit, collect arrivals, transmit what they caused.
     #[inline]
     pub fn pass(&mut self) -> usize {
+        self.pass_with(|engine, peer, header, payload| engine.handle_frame(peer, header, payload))
+    }
+
+    /// A pass for a direct receive (`Engine::handle_frame_direct`): fills `out` when the
+    /// receive's message arrives; other frames are processed as usual.
+    pub fn pass_direct(
+        &mut self,
+        want: (u32, i32, i32),
+        buf: &mut [u8],
+        out: &mut Option<Result<oxmpi_p2p::Status, oxmpi_p2p::P2pError>>,
+    ) {
+        self.pass_with(|engine, peer, header, payload| {
+            if out.is_none() {
+                *out = engine.handle_frame_direct(peer, header, payload, want, buf);
+            } else {
+                engine.handle_frame(peer, header, payload);
+            }
+        });
+    }
+
+    /// A pass in which `on_frame` handles each arrival.
+    #[inline]
+    fn pass_with(&mut self, mut on_frame: impl FnMut(&mut Engine, Rank, &Header, &[u8])) -> usize {
         let Self {
             engine,
             fabric,
@@ -39,7 +62,7 @@ impl Progress {
                 peer,
                 header,
                 payload,
-            } => engine.handle_frame(peer, header, payload),
+            } => on_frame(engine, peer, header, payload),
         }) {
             Ok(n) => n,
             Err(e) => {
@@ -51,43 +74,6 @@ impl Progress {
             let _ = engine.progress_tx(fabric);
         }
         n
-    }
-
-    /// A pass for a direct receive (`Engine::handle_frame_direct`): fills `out` when the
-    /// receive's message arrives; other frames are processed as usual.
-    pub fn pass_direct(
-        &mut self,
-        want: (u32, i32, i32),
-        buf: &mut [u8],
-        out: &mut Option<Result<oxmpi_p2p::Status, oxmpi_p2p::P2pError>>,
-    ) {
-        let Self {
-            engine,
-            fabric,
-            finalizing,
-        } = self;
-        if engine.has_tx() {
-            let _ = engine.progress_tx(fabric);
-        }
-        let polled = fabric.poll(&mut |ev| match ev {
-            Event::Frame {
-                peer,
-                header,
-                payload,
-            } => {
-                if out.is_none() {
-                    *out = engine.handle_frame_direct(peer, header, payload, want, buf);
-                } else {
-                    engine.handle_frame(peer, header, payload);
-                }
-            }
-        });
-        if let Err(e) = polled {
-            Self::on_fabric_error(engine, e, *finalizing);
-        }
-        if engine.has_tx() {
-            let _ = engine.progress_tx(fabric);
-        }
     }
 
     fn on_fabric_error(engine: &mut Engine, e: FabricError, finalizing: bool) {
