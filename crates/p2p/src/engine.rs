@@ -829,7 +829,11 @@ impl Engine {
         let Some(r) = self.recv_req(rid) else {
             return self.bad_frame(peer, format!("DATA for unknown receive {rid:#x}"));
         };
-        if r.state != RecvState::Pipeline || r.peer != peer || h.arg.checked_add(payload.len() as u64).is_none_or(|end| end > r.len)
+        if r.state != RecvState::Pipeline
+            || r.peer != peer
+            || h.arg
+                .checked_add(payload.len() as u64)
+                .is_none_or(|end| end > r.len)
         {
             return self.bad_frame(peer, "DATA outside its rendezvous");
         }
