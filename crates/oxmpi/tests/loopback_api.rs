@@ -144,3 +144,16 @@ fn ssend_and_probe() {
         wait_all(&mut []).unwrap();
     });
 }
+
+#[test]
+fn fabric_info_and_counts() {
+    threads(2, |u| {
+        let info = u.fabric_info();
+        let me = u.world().rank();
+        assert!(info.contains(&format!("rank {me} -> {}: loopback", 1 - me)), "{info}");
+        assert!(info.contains(&format!("rank {me} -> {me}: self")), "{info}");
+        let st = oxmpi::Status { source: 0, tag: 0, bytes: 10 };
+        assert_eq!(st.count::<u8>().unwrap(), 10);
+        assert!(matches!(st.count::<u32>(), Err(Error::Count { bytes: 10, elem: 4 })));
+    });
+}
