@@ -150,10 +150,20 @@ fn fabric_info_and_counts() {
     threads(2, |u| {
         let info = u.fabric_info();
         let me = u.world().rank();
-        assert!(info.contains(&format!("rank {me} -> {}: loopback", 1 - me)), "{info}");
+        assert!(
+            info.contains(&format!("rank {me} -> {}: loopback", 1 - me)),
+            "{info}"
+        );
         assert!(info.contains(&format!("rank {me} -> {me}: self")), "{info}");
-        let st = oxmpi::Status { source: 0, tag: 0, bytes: 10 };
+        let st = oxmpi::Status {
+            source: 0,
+            tag: 0,
+            bytes: 10,
+        };
         assert_eq!(st.count::<u8>().unwrap(), 10);
-        assert!(matches!(st.count::<u32>(), Err(Error::Count { bytes: 10, elem: 4 })));
+        assert!(matches!(
+            st.count::<u32>(),
+            Err(Error::Count { bytes: 10, elem: 4 })
+        ));
     });
 }
