@@ -247,11 +247,6 @@ impl Tcp {
         })
     }
 
-    /// Whether `peer` is reached through this fabric.
-    pub fn reaches(&self, peer: Rank) -> bool {
-        self.conns.get(peer as usize).is_some_and(Option::is_some)
-    }
-
     fn conn(&mut self, peer: Rank) -> Result<&mut Conn, FabricError> {
         let c = self.conns[peer as usize]
             .as_mut()

@@ -34,7 +34,7 @@ pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
 use oxmpi_bootstrap::{JobEnv, KvsClient};
 use oxmpi_fabric::{Fabric, Router};
-use oxmpi_p2p::Engine;
+use oxmpi_p2p::{Engine, Protocol};
 use progress::{Progress, State, WaitPolicy};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -152,8 +152,14 @@ impl Universe {
                 format!("{}..={} B", cfg.read_min, cfg.read_max)
             };
             out.push_str(&format!(
-                "rank {} -> {peer}: {} (eager <= {} B, rndv/read {read}, pipeline chunk {} B)\n",
-                self.state.rank, caps.name, cfg.eager_max, cfg.chunk
+                "rank {} -> {peer}: {} ({} <= {} B, {} {read}, {} chunk {} B)\n",
+                self.state.rank,
+                caps.name,
+                Protocol::Eager.name(),
+                cfg.eager_max,
+                Protocol::RndvRead.name(),
+                Protocol::RndvPipeline.name(),
+                cfg.chunk
             ));
         }
         out

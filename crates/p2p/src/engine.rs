@@ -298,14 +298,6 @@ impl Engine {
         }
     }
 
-    /// Requests not yet completed (in-flight work).
-    pub fn in_flight(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Send(_) | SlotState::Recv(_)))
-            .count()
-    }
-
     fn queues(&mut self, ctx: u32) -> &mut Queues {
         let i = ctx as usize;
         if self.ctxs.len() <= i {

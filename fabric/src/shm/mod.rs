@@ -116,22 +116,10 @@ impl Shm {
         }
     }
 
-    /// Whether `peer` is reached through this fabric.
-    pub fn reaches(&self, peer: Rank) -> bool {
-        self.outbound
-            .get(peer as usize)
-            .is_some_and(Option::is_some)
-    }
-
     fn out(&mut self, peer: Rank) -> &mut Outbound {
         self.outbound[peer as usize]
             .as_mut()
             .expect("peer routed to shm has a shm link")
-    }
-
-    /// Whether any inbound ring holds a record.
-    pub fn has_data(&mut self) -> bool {
-        self.inbound.iter_mut().any(|(_, c)| c.has_data())
     }
 }
 
