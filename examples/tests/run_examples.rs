@@ -88,3 +88,22 @@ fn nonblocking_prints_both_sides() {
         );
     });
 }
+
+#[test]
+fn fabric_info_names_the_fabric_of_every_peer() {
+    for fabric in ["shm", "tcp"] {
+        let lines = run("fabric_info", 3, fabric);
+        assert_eq!(lines.len(), 9, "{lines:?}");
+        for me in 0..3 {
+            for peer in 0..3 {
+                let name = if me == peer { "self" } else { fabric };
+                let prefix = format!("rank {me} -> {peer}: {name} (");
+                // e.g. "rank 0 -> 1: shm (eager <= 8192 B, rndv/read 8193..=524288 B, ...)"
+                assert!(
+                    lines.iter().any(|l| l.starts_with(&prefix)),
+                    "{prefix} missing in {lines:?}"
+                );
+            }
+        }
+    }
+}

@@ -145,6 +145,12 @@ impl Universe {
         let mut out = String::new();
         for peer in 0..self.state.size {
             let caps = p.fabric.caps(peer);
+            if peer == self.state.rank {
+                out.push_str(&format!(
+                    "rank {peer} -> {peer}: self (copies within the engine)\n"
+                ));
+                continue;
+            }
             let cfg = p.engine.config(peer);
             let read = if cfg.read_min > cfg.read_max {
                 "never".to_string()
