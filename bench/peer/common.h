@@ -33,6 +33,34 @@ static inline const char *impl_name(char *buf, size_t n)
     MPI_Get_library_version(v, &len);
     v[strcspn(v, "\n,")] = '\0';
     snprintf(buf, n, "%s", v);
+/* The bandwidth tests cut large-message iterations further, as bench/src/bin/osu_bw.rs does. */
+static inline void bw_iters_for(const struct opts *o, size_t size, long *iters, long *warmup)
+{
+    iters_for(o, size, iters, warmup);
+    if (size > LARGE)
+        *iters = *iters * 2 / 10 > 10 ? *iters * 2 / 10 : 10;
+}
+
+/* Ends the run (returns 0 after MPI_Finalize) unless ok; rank 0 says what is needed. */
+static inline int require(int rank, int ok, const char *name, const char *what)
+{
+    if (ok)
+        return 1;
+    if (rank == 0)
+        fprintf(stderr, "%s needs %s\n", name, what);
+    MPI_Finalize();
+    return 0;
+}
+
+/* The OSU-shaped header lines. */
+static inline void header(const char *title, const char *column)
+{
+    char impl[160];
+    printf("# %s (oxmpi peer loop, %s)\n", title, impl_name(impl, sizeof impl));
+    printf("# Size%24s\n", column);
+    fflush(stdout);
+}
+
 #endif
     return buf;
 }
@@ -145,6 +173,34 @@ static inline void iters_for(const struct opts *o, size_t size, long *iters, lon
         *iters = o->iters / 10 > 10 ? o->iters / 10 : 10;
         *warmup = o->warmup / 10 > 2 ? o->warmup / 10 : 2;
     }
+}
+
+/* The bandwidth tests cut large-message iterations further, as bench/src/bin/osu_bw.rs does. */
+static inline void bw_iters_for(const struct opts *o, size_t size, long *iters, long *warmup)
+{
+    iters_for(o, size, iters, warmup);
+    if (size > LARGE)
+        *iters = *iters * 2 / 10 > 10 ? *iters * 2 / 10 : 10;
+}
+
+/* Ends the run (returns 0 after MPI_Finalize) unless ok; rank 0 says what is needed. */
+static inline int require(int rank, int ok, const char *name, const char *what)
+{
+    if (ok)
+        return 1;
+    if (rank == 0)
+        fprintf(stderr, "%s needs %s\n", name, what);
+    MPI_Finalize();
+    return 0;
+}
+
+/* The OSU-shaped header lines. */
+static inline void header(const char *title, const char *column)
+{
+    char impl[160];
+    printf("# %s (oxmpi peer loop, %s)\n", title, impl_name(impl, sizeof impl));
+    printf("# Size%24s\n", column);
+    fflush(stdout);
 }
 
 #endif

@@ -19,38 +19,22 @@
 #include "common.h"
 
 
-/* The bandwidth tests cut large-message iterations further, as bench/src/bin/osu_bibw.rs does. */
-static void bw_iters_for(const struct opts *o, size_t size, long *iters, long *warmup)
-{
-    iters_for(o, size, iters, warmup);
-    if (size > LARGE)
-        *iters = *iters * 2 / 10 > 10 ? *iters * 2 / 10 : 10;
-}
-
 int main(int argc, char **argv)
 {
     int rank, nranks;
-    char impl[160];
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     struct opts o = parse(argc, argv, "osu_bibw", rank, 1, 100, 10);
-    if (nranks != 2) {
-        if (rank == 0) fprintf(stderr, "osu_bibw needs exactly 2 ranks\n");
-        MPI_Finalize();
+    if (!require(rank, nranks == 2, "osu_bibw", "exactly 2 ranks"))
         return 1;
-    }
     int peer = 1 - rank;
     long window = o.window;
     char *sbuf = page_buffer(o.max * (size_t)window, 's');
     char *rbuf = page_buffer(o.max * (size_t)window, 'r');
     MPI_Request *reqs = malloc(sizeof(MPI_Request) * 2 * (size_t)window);
-    if (rank == 0) {
-        printf("# OSU MPI Bi-Directional Bandwidth Test (oxmpi peer loop, %s)\n",
-               impl_name(impl, sizeof impl));
-        printf("# Size%24s\n", "Bandwidth (MB/s)");
-        fflush(stdout);
-    }
+    if (rank == 0)
+        header("OSU MPI Bi-Directional Bandwidth Test", "Bandwidth (MB/s)");
     for (size_t size = o.min; size <= o.max; size = next_size(size)) {
         long iters, warmup;
         bw_iters_for(&o, size, &iters, &warmup);

@@ -19,23 +19,16 @@
 int main(int argc, char **argv)
 {
     int rank, nranks;
-    char impl[160];
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     struct opts o = parse(argc, argv, "osu_latency", rank, 0, 10000, 1000);
-    if (nranks != 2) {
-        if (rank == 0) fprintf(stderr, "osu_latency needs exactly 2 ranks\n");
-        MPI_Finalize();
+    if (!require(rank, nranks == 2, "osu_latency", "exactly 2 ranks"))
         return 1;
-    }
     char *sbuf = page_buffer(o.max, 'a');
     char *rbuf = page_buffer(o.max, 'b');
-    if (rank == 0) {
-        printf("# OSU MPI Latency Test (oxmpi peer loop, %s)\n", impl_name(impl, sizeof impl));
-        printf("# Size%24s\n", "Latency (us)");
-        fflush(stdout);
-    }
+    if (rank == 0)
+        header("OSU MPI Latency Test", "Latency (us)");
     for (size_t size = o.min; size <= o.max; size = next_size(size)) {
         long iters, warmup;
         iters_for(&o, size, &iters, &warmup);

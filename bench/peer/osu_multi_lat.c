@@ -17,31 +17,22 @@
 
 #include "common.h"
 
-
 int main(int argc, char **argv)
 {
     int rank, nranks;
-    char impl[160];
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     struct opts o = parse(argc, argv, "osu_multi_lat", rank, 0, 10000, 1000);
-    if (nranks < 2 || nranks % 2 != 0) {
-        if (rank == 0) fprintf(stderr, "osu_multi_lat needs an even number of ranks\n");
-        MPI_Finalize();
+    if (!require(rank, nranks >= 2 && nranks % 2 == 0, "osu_multi_lat", "an even number of ranks"))
         return 1;
-    }
     int half = nranks / 2;
     int pinger = rank < half;
     int peer = pinger ? rank + half : rank - half;
     char *sbuf = page_buffer(o.max, 'a');
     char *rbuf = page_buffer(o.max, 'b');
-    if (rank == 0) {
-        printf("# OSU MPI Multiple Latency Test (oxmpi peer loop, %s)\n",
-               impl_name(impl, sizeof impl));
-        printf("# Size%24s\n", "Latency (us)");
-        fflush(stdout);
-    }
+    if (rank == 0)
+        header("OSU MPI Multiple Latency Test", "Latency (us)");
     for (size_t size = o.min; size <= o.max; size = next_size(size)) {
         long iters, warmup;
         iters_for(&o, size, &iters, &warmup);
