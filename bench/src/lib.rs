@@ -106,6 +106,17 @@ impl Options {
             (self.iters, self.warmup)
         }
     }
+
+    /// Like [`Options::iters_for`], cut further for large messages as OSU's bandwidth tests do.
+    pub fn bw_iters_for(&self, size: usize) -> (usize, usize) {
+        let (iters, warmup) = self.iters_for(size);
+        let iters = if size > LARGE {
+            (iters * 2 / 10).max(10)
+        } else {
+            iters
+        };
+        (iters, warmup)
+    }
 }
 
 /// Prints the OSU-style header lines.

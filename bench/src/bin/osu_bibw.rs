@@ -19,12 +19,7 @@ fn main() -> Result<(), oxmpi::Error> {
         header("OSU MPI Bi-Directional Bandwidth Test", "Bandwidth (MB/s)");
     }
     for size in opts.sizes() {
-        let (iters, warmup) = opts.iters_for(size);
-        let iters = if size > oxmpi_bench::LARGE {
-            (iters * 2 / 10).max(10)
-        } else {
-            iters
-        };
+        let (iters, warmup) = opts.bw_iters_for(size);
         world.barrier()?;
         let mut start = Instant::now();
         for i in 0..iters + warmup {
