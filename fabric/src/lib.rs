@@ -22,7 +22,7 @@ mod sys;
 pub mod tcp;
 pub mod wireup;
 
-pub use memory::{lend_scope, Lender, MemMut, MemRef};
+pub use memory::{lend_scope, Lender, MemMut, MemRef, Region, RegionError};
 pub use router::Router;
 
 use std::time::Duration;

@@ -16,9 +16,11 @@
 //! [`MemRef`] and [`MemMut`] also come in owned forms (a shared or exclusive `Vec<u8>`) for
 //! serialized objects and buffers the engine allocates itself.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Counts the regions lent out of one scope. Lives on the scope's stack frame.
@@ -48,6 +50,28 @@ impl<'scope, 'env> Lender<'scope, 'env> {
             len: buf.len(),
             lease: MutLease::Lent(&self.outstanding),
         }
+    }
+
+    /// Lends `buf` as a read-only [`Region`] until the scope ends.
+    pub fn lend_region(&'scope self, buf: &'scope [u8]) -> Region {
+        self.outstanding.set(self.outstanding.get() + 1);
+        Region::new(
+            buf.as_ptr() as *mut u8,
+            buf.len(),
+            false,
+            RegionStore::Lent(&self.outstanding),
+        )
+    }
+
+    /// Lends `buf` as a writable [`Region`] until the scope ends.
+    pub fn lend_region_mut(&'scope self, buf: &'scope mut [u8]) -> Region {
+        self.outstanding.set(self.outstanding.get() + 1);
+        Region::new(
+            buf.as_mut_ptr(),
+            buf.len(),
+            true,
+            RegionStore::Lent(&self.outstanding),
+        )
     }
 
     /// Regions lent out of this scope and not yet dropped.
@@ -90,6 +114,8 @@ pub fn lend_scope<'env, T>(
 
 enum RefLease {
     Lent(*const Cell<usize>),
+    /// A range of a [`Region`], released when dropped.
+    View(#[allow(dead_code)] ViewGuard),
     Owned(Arc<Vec<u8>>),
     Static,
 }
@@ -166,6 +192,7 @@ impl Clone for MemRef {
             }
             RefLease::Owned(a) => RefLease::Owned(a.clone()),
             RefLease::Static => RefLease::Static,
+            RefLease::View(g) => RefLease::View(g.duplicate()),
         };
         Self {
             ptr: self.ptr,
@@ -187,6 +214,8 @@ impl Drop for MemRef {
 
 enum MutLease {
     Lent(*const Cell<usize>),
+    /// A range of a [`Region`], released when dropped.
+    View(#[allow(dead_code)] ViewGuard),
     Owned(Vec<u8>),
 }
 
@@ -247,8 +276,8 @@ impl MemMut {
     pub fn into_vec(mut self) -> Option<Vec<u8>> {
         match std::mem::replace(&mut self.lease, MutLease::Owned(Vec::new())) {
             MutLease::Owned(v) => Some(v),
-            MutLease::Lent(c) => {
-                self.lease = MutLease::Lent(c);
+            other => {
+                self.lease = other;
                 None
             }
         }
@@ -262,6 +291,313 @@ impl Drop for MemMut {
             let c = unsafe { &*c };
             c.set(c.get() - 1);
         }
+    }
+}
+
+/// Where a [`Region`]'s bytes live.
+enum RegionStore {
+    /// Borrowed from a lending scope, which waits for the region's last handle.
+    Lent(*const Cell<usize>),
+    /// Owned, 16-byte aligned, so any element type can be viewed in place.
+    Owned(#[allow(dead_code)] Box<[u128]>),
+}
+
+/// A byte range of a region in use: by the transport (a view) or by a local copy or reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Claim {
+    start: usize,
+    end: usize,
+    write: bool,
+    token: u64,
+}
+
+struct RegionInner {
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+    store: RegionStore,
+    claims: RefCell<Vec<Claim>>,
+    next_token: Cell<u64>,
+}
+
+impl Drop for RegionInner {
+    fn drop(&mut self) {
+        if let RegionStore::Lent(c) = self.store {
+            // SAFETY: a lent region's counter lives in its `Lender`, on the stack frame of a
+            // lending scope that does not return while the count is non-zero, and this region
+            // is counted in it.
+            let c = unsafe { &*c };
+            c.set(c.get() - 1);
+        }
+    }
+}
+
+/// Why a region access was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionError {
+    /// The range lies outside the region.
+    OutOfBounds {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    /// A write was asked of a read-only region.
+    ReadOnly,
+    /// The range overlaps one already in use in a conflicting way (a writer and anything else).
+    Overlap { start: usize, end: usize },
+}
+
+impl std::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OutOfBounds { start, end, len } => {
+                write!(
+                    f,
+                    "bytes {start}..{end} lie outside a region of {len} bytes"
+                )
+            }
+            Self::ReadOnly => write!(f, "write to a read-only region"),
+            Self::Overlap { start, end } => {
+                write!(f, "bytes {start}..{end} overlap a range already in use")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegionError {}
+
+/// A buffer addressed by byte range, whose ranges can be handed to the transport
+/// ([`Region::view`], [`Region::view_mut`]) and worked on locally ([`Region::read`],
+/// [`Region::write`], [`Region::combine`]) while other ranges are in flight.
+///
+/// This is what a collective schedule runs on: several receives land in disjoint parts of one
+/// buffer while another part is being sent and a third is reduced. Every range in use is
+/// recorded, and a request that would let a writer overlap anything else is refused with
+/// [`RegionError::Overlap`], so safe code can never alias a buffer, however a schedule is
+/// written. Regions are cheap handles (`Rc`); the bytes are lent from a scope
+/// ([`Lender::lend_region_mut`]) or owned ([`Region::alloc`]).
+#[derive(Clone)]
+pub struct Region(Rc<RegionInner>);
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Region({} bytes)", self.0.len)
+    }
+}
+
+/// Releases a claim when a view is dropped.
+struct ViewGuard {
+    region: Rc<RegionInner>,
+    token: u64,
+}
+
+impl ViewGuard {
+    /// A second handle on the same read claim (for `MemRef::clone`).
+    fn duplicate(&self) -> Self {
+        let c = {
+            let claims = self.region.claims.borrow();
+            *claims
+                .iter()
+                .find(|c| c.token == self.token)
+                .expect("a live view has its claim")
+        };
+        let token = self.region.claim_unchecked(c.start, c.end, false);
+        Self {
+            region: self.region.clone(),
+            token,
+        }
+    }
+}
+
+impl Drop for ViewGuard {
+    fn drop(&mut self) {
+        self.region.release(self.token);
+    }
+}
+
+impl RegionInner {
+    fn check(&self, r: &Range<usize>, write: bool) -> Result<(), RegionError> {
+        if r.start > r.end || r.end > self.len {
+            return Err(RegionError::OutOfBounds {
+                start: r.start,
+                end: r.end,
+                len: self.len,
+            });
+        }
+        if write && !self.writable {
+            return Err(RegionError::ReadOnly);
+        }
+        if r.start == r.end {
+            return Ok(());
+        }
+        let clash =
+            self.claims.borrow().iter().any(|c| {
+                (write || c.write) && c.start < r.end && r.start < c.end && c.start < c.end
+            });
+        if clash {
+            return Err(RegionError::Overlap {
+                start: r.start,
+                end: r.end,
+            });
+        }
+        Ok(())
+    }
+
+    fn claim_unchecked(&self, start: usize, end: usize, write: bool) -> u64 {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.claims.borrow_mut().push(Claim {
+            start,
+            end,
+            write,
+            token,
+        });
+        token
+    }
+
+    fn claim(&self, r: &Range<usize>, write: bool) -> Result<u64, RegionError> {
+        self.check(r, write)?;
+        Ok(self.claim_unchecked(r.start, r.end, write))
+    }
+
+    fn release(&self, token: u64) {
+        let mut claims = self.claims.borrow_mut();
+        if let Some(i) = claims.iter().position(|c| c.token == token) {
+            claims.swap_remove(i);
+        }
+    }
+
+    /// Pointer to byte `off`; `off <= len`.
+    fn at(&self, off: usize) -> *mut u8 {
+        if self.len == 0 {
+            return self.ptr;
+        }
+        // SAFETY: callers pass an offset checked against `len`, so the result stays within
+        // (or one past the end of) the allocation `ptr` points into.
+        unsafe { self.ptr.add(off) }
+    }
+}
+
+impl Region {
+    fn new(ptr: *mut u8, len: usize, writable: bool, store: RegionStore) -> Self {
+        Self(Rc::new(RegionInner {
+            ptr,
+            len,
+            writable,
+            store,
+            claims: RefCell::new(Vec::new()),
+            next_token: Cell::new(0),
+        }))
+    }
+
+    /// A zeroed, owned, writable region of `len` bytes, aligned to 16 bytes.
+    pub fn alloc(len: usize) -> Self {
+        let mut words = vec![0u128; len.div_ceil(16)].into_boxed_slice();
+        let ptr = words.as_mut_ptr() as *mut u8;
+        Self::new(ptr, len, true, RegionStore::Owned(words))
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    /// Whether the region has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    /// Whether `other` is a handle on the same region.
+    pub fn same(&self, other: &Region) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Hands `range` to the transport for reading (a send).
+    pub fn view(&self, range: Range<usize>) -> Result<MemRef, RegionError> {
+        let token = self.0.claim(&range, false)?;
+        Ok(MemRef {
+            ptr: self.0.at(range.start),
+            len: range.len(),
+            lease: RefLease::View(ViewGuard {
+                region: self.0.clone(),
+                token,
+            }),
+        })
+    }
+
+    /// Hands `range` to the transport for writing (a receive).
+    pub fn view_mut(&self, range: Range<usize>) -> Result<MemMut, RegionError> {
+        let token = self.0.claim(&range, true)?;
+        Ok(MemMut {
+            ptr: self.0.at(range.start),
+            len: range.len(),
+            lease: MutLease::View(ViewGuard {
+                region: self.0.clone(),
+                token,
+            }),
+        })
+    }
+
+    /// Runs `f` on the bytes of `range`.
+    pub fn read<R>(
+        &self,
+        range: Range<usize>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RegionError> {
+        let token = self.0.claim(&range, false)?;
+        let bytes = if range.is_empty() {
+            &[][..]
+        } else {
+            // SAFETY: the range is in bounds and claimed for reading, so no writer (view or
+            // local) overlaps it until the claim is released below.
+            unsafe { std::slice::from_raw_parts(self.0.at(range.start), range.len()) }
+        };
+        let r = f(bytes);
+        self.0.release(token);
+        Ok(r)
+    }
+
+    /// Runs `f` on the bytes of `range`, mutably.
+    pub fn write<R>(
+        &self,
+        range: Range<usize>,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, RegionError> {
+        let token = self.0.claim(&range, true)?;
+        let bytes = if range.is_empty() {
+            &mut [][..]
+        } else {
+            // SAFETY: the range is in bounds, the region writable, and the range claimed for
+            // writing, so nothing else reads or writes it until the claim is released below.
+            unsafe { std::slice::from_raw_parts_mut(self.0.at(range.start), range.len()) }
+        };
+        let r = f(bytes);
+        self.0.release(token);
+        Ok(r)
+    }
+
+    /// Runs `f` on `src_range` of `src` and, mutably, `dst_range` of `dst` (which may be the
+    /// same region, on a disjoint range): a copy or a reduction.
+    pub fn combine<R>(
+        src: &Region,
+        src_range: Range<usize>,
+        dst: &Region,
+        dst_range: Range<usize>,
+        f: impl FnOnce(&[u8], &mut [u8]) -> R,
+    ) -> Result<R, RegionError> {
+        let t = src.0.claim(&src_range, false)?;
+        let out = dst.write(dst_range, |d| {
+            let s = if src_range.is_empty() {
+                &[][..]
+            } else {
+                // SAFETY: in bounds and claimed for reading; the write claim on `dst` was
+                // checked against this claim, so the two slices do not overlap.
+                unsafe { std::slice::from_raw_parts(src.0.at(src_range.start), src_range.len()) }
+            };
+            f(s, d)
+        });
+        src.0.release(t);
+        out
     }
 }
 
@@ -291,6 +627,43 @@ mod tests {
         );
         assert_eq!(settles, 1);
         let _ = data;
+    }
+
+    #[test]
+    fn region_refuses_overlapping_writers_and_releases_views() {
+        let data = vec![7u8; 64];
+        let mut out = vec![0u8; 64];
+        lend_scope(
+            |l| {
+                let src = l.lend_region(&data);
+                let dst = l.lend_region_mut(&mut out);
+                assert_eq!(src.view_mut(0..8).unwrap_err(), RegionError::ReadOnly);
+                let a = dst.view_mut(0..32).unwrap();
+                assert!(matches!(dst.view(16..40), Err(RegionError::Overlap { .. })));
+                assert!(matches!(
+                    dst.view_mut(31..33),
+                    Err(RegionError::Overlap { .. })
+                ));
+                let b = dst.view(32..64).unwrap();
+                let b2 = b.clone();
+                drop(b);
+                assert!(dst.view_mut(40..41).is_err()); // the clone still reads it
+                drop(b2);
+                drop(a);
+                Region::combine(&src, 0..32, &dst, 32..64, |s, d| d.copy_from_slice(s)).unwrap();
+                assert!(Region::combine(&dst, 0..8, &dst, 4..12, |_, _| ()).is_err());
+                assert!(matches!(
+                    dst.read(60..65, |_| ()),
+                    Err(RegionError::OutOfBounds { .. })
+                ));
+                let owned = Region::alloc(3);
+                owned.write(0..3, |b| b.copy_from_slice(b"abc")).unwrap();
+                assert_eq!(owned.read(1..3, |b| b.to_vec()).unwrap(), b"bc");
+            },
+            |done| assert!(done()),
+        );
+        assert_eq!(&out[32..], &[7u8; 32][..]);
+        assert_eq!(&out[..32], &[0u8; 32][..]);
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! Barrier: dissemination, and a hierarchical form (fan-in to a node leader, dissemination
+//! among leaders, fan-out).
+
+use crate::schedule::{Builder, Group};
+use crate::topology::Topology;
+
+/// Dissemination barrier: in round `k` every rank signals `rank + 2^k` and waits for
+/// `rank - 2^k`; `ceil(log2 p)` rounds for any `p`.
+pub fn dissemination(b: &mut Builder, g: &Group) {
+    let (n, me) = (g.size(), g.rank);
+    let token = b.tmp(0);
+    let token = crate::schedule::Span::new(token, 0, 0);
+    let mut dist = 1;
+    while dist < n {
+        b.send(g, (me + dist) % n, token);
+        b.recv(g, (me + n - dist) % n, token);
+        b.round();
+        dist *= 2;
+    }
+}
+
+/// Hierarchical barrier: each node's ranks check in with their leader, leaders run a
+/// dissemination barrier, then each leader releases its node.
+pub fn hierarchical(b: &mut Builder, rank: u32, topo: &Topology) {
+    let local = Group::of(rank, topo.local_members(rank));
+    let token = crate::schedule::Span::new(b.tmp(0), 0, 0);
+    if local.rank != 0 {
+        b.send(&local, 0, token);
+        b.recv(&local, 0, token);
+        b.round();
+        return;
+    }
+    for r in 1..local.size() {
+        b.recv(&local, r, token);
+    }
+    b.round();
+    let leaders = Group::of(rank, topo.leaders(None));
+    dissemination(b, &leaders);
+    for r in 1..local.size() {
+        b.send(&local, r, token);
+    }
+    b.round();
+}

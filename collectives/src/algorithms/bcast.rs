@@ -1,0 +1,106 @@
+//! Broadcast: binomial tree, scatter + ring allgather (van de Geijn), and hierarchical.
+
+use super::lowbit;
+use crate::schedule::{Builder, Group, Span};
+use crate::topology::Topology;
+
+/// Binomial tree from `root`: `ceil(log2 p)` steps, the whole message on each edge.
+pub fn binomial(b: &mut Builder, g: &Group, root: u32, data: Span) {
+    let p = g.size();
+    if p == 1 {
+        return;
+    }
+    let vr = (g.rank + p - root) % p;
+    let real = |v: u32| (v + root) % p;
+    let top = if vr == 0 {
+        p.next_power_of_two()
+    } else {
+        let mask = lowbit(vr);
+        b.recv(g, real(vr - mask), data);
+        b.round();
+        mask
+    };
+    let mut mask = top >> 1;
+    while mask > 0 {
+        if vr + mask < p {
+            b.send(g, real(vr + mask), data);
+        }
+        mask >>= 1;
+    }
+    b.round();
+}
+
+/// Scatter + allgather: the root scatters `p` chunks down a binomial tree, then a ring
+/// allgather circulates them; about `2 n` bytes per rank instead of `n log p`.
+pub fn scatter_allgather(b: &mut Builder, g: &Group, root: u32, data: Span) {
+    let p = g.size();
+    if p == 1 {
+        return;
+    }
+    let n = data.len;
+    let chunk = n.div_ceil(p as usize);
+    // Chunks are indexed by relative rank; chunks a..b as one span.
+    let chunks = |a: u32, c: u32| {
+        let lo = (a as usize * chunk).min(n);
+        let hi = (c as usize * chunk).min(n);
+        data.sub(lo, hi - lo)
+    };
+    let vr = (g.rank + p - root) % p;
+    let real = |v: u32| (v + root) % p;
+    let top = if vr == 0 {
+        p.next_power_of_two()
+    } else {
+        let mask = lowbit(vr);
+        let s = chunks(vr, (vr + mask).min(p));
+        if s.len > 0 {
+            b.recv(g, real(vr - mask), s);
+        }
+        b.round();
+        mask
+    };
+    let mut mask = top >> 1;
+    while mask > 0 {
+        if vr + mask < p {
+            let s = chunks(vr + mask, (vr + 2 * mask).min(p));
+            if s.len > 0 {
+                b.send(g, real(vr + mask), s);
+            }
+        }
+        mask >>= 1;
+    }
+    b.round();
+    for s in 0..p - 1 {
+        let give = (vr + p - s) % p;
+        let take = (vr + 2 * p - s - 1) % p;
+        let (gs, ts) = (chunks(give, give + 1), chunks(take, take + 1));
+        if gs.len > 0 {
+            b.send(g, real((vr + 1) % p), gs);
+        }
+        if ts.len > 0 {
+            b.recv(g, real((vr + p - 1) % p), ts);
+        }
+        b.round();
+    }
+}
+
+/// Hierarchical: binomial among node leaders (the root leads its own node), then binomial
+/// inside each node.
+pub fn hierarchical(b: &mut Builder, rank: u32, root: u32, topo: &Topology, data: Span) {
+    let leaders = topo.leaders(Some(root));
+    let local_members = topo.local_members(rank);
+    let my_leader = *local_members
+        .iter()
+        .find(|m| leaders.contains(m))
+        .expect("every node has a leader");
+    if my_leader == rank {
+        let lg = Group::of(rank, leaders.clone());
+        let lroot = leaders.iter().position(|&l| l == root).expect("root leads") as u32;
+        binomial(b, &lg, lroot, data);
+    }
+    let local = Group::of(rank, local_members.clone());
+    let lroot = local_members
+        .iter()
+        .position(|&m| m == my_leader)
+        .expect("leader is local") as u32;
+    binomial(b, &local, lroot, data);
+}

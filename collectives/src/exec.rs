@@ -1,0 +1,253 @@
+//! The executor: runs one rank's [`Schedule`] over the p2p engine's requests.
+//!
+//! A [`Run`] starts round after round: local steps (copies, reductions) at once, sends and
+//! receives posted as requests on the collective's context and tag. A round is finished when
+//! all its requests have completed; [`Run::advance`] never blocks, so the same run serves a
+//! blocking collective (advance until done), a nonblocking one (advance from every progress
+//! pass) and a persistent one (a new run of the same schedule per start).
+//!
+//! Receives must get exactly the bytes the schedule expects: a longer message is the engine's
+//! truncation error, a shorter one a count mismatch — both reported rather than corrupting.
+
+use crate::ops::Kernel;
+use crate::schedule::{Buf, Schedule, Span, Step};
+use oxmpi_fabric::{Fabric, Region, RegionError};
+use oxmpi_p2p::{Engine, P2pError, ReqId, SendMode};
+use std::rc::Rc;
+
+/// Why a collective failed on this rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CollError {
+    /// A send or receive failed (truncation: the peers disagree on counts).
+    P2p(P2pError),
+    /// A message from `peer` (communicator rank) had `got` bytes where the schedule expected
+    /// `expected`: the ranks passed different counts.
+    Count {
+        peer: u32,
+        expected: usize,
+        got: usize,
+    },
+    /// A schedule addressed its buffers wrongly (a bug in an algorithm).
+    Region(RegionError),
+}
+
+impl std::fmt::Display for CollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::P2p(e) => write!(f, "{e}"),
+            Self::Count {
+                peer,
+                expected,
+                got,
+            } => write!(
+                f,
+                "collective count mismatch: rank {peer} sent {got} bytes where {expected} were expected"
+            ),
+            Self::Region(e) => write!(f, "collective schedule error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CollError {}
+
+/// Where a run's messages go: the engine context and tag, and the world rank of each
+/// communicator rank.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub ctx: u32,
+    pub tag: i32,
+    /// World rank of communicator rank `i`; empty when they are the same.
+    pub world: Rc<[u32]>,
+}
+
+impl Route {
+    fn world(&self, r: u32) -> u32 {
+        if self.world.is_empty() {
+            r
+        } else {
+            self.world[r as usize]
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    id: ReqId,
+    peer: u32,
+    /// Expected bytes, for receives.
+    recv: Option<usize>,
+}
+
+/// One execution of a schedule.
+pub struct Run {
+    sched: Rc<Schedule>,
+    regions: Vec<Region>,
+    kernel: Option<Rc<dyn Kernel>>,
+    route: Route,
+    next_round: usize,
+    pending: Vec<Pending>,
+    error: Option<CollError>,
+}
+
+impl Run {
+    /// A run of `sched` on `send` and `recv` (temporaries are allocated here), reducing with
+    /// `kernel` if the schedule reduces.
+    pub fn new(
+        sched: Rc<Schedule>,
+        send: Region,
+        recv: Region,
+        kernel: Option<Rc<dyn Kernel>>,
+        route: Route,
+    ) -> Self {
+        let mut regions = Vec::with_capacity(2 + sched.temps.len());
+        regions.push(send);
+        regions.push(recv);
+        regions.extend(sched.temps.iter().map(|&n| Region::alloc(n)));
+        Self {
+            sched,
+            regions,
+            kernel,
+            route,
+            next_round: 0,
+            pending: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn region(&self, b: Buf) -> &Region {
+        match b {
+            Buf::Send => &self.regions[0],
+            Buf::Recv => &self.regions[1],
+            Buf::Tmp(i) => &self.regions[2 + i as usize],
+        }
+    }
+
+    /// Whether the run has finished (successfully or not).
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+            && (self.error.is_some() || self.next_round == self.sched.rounds.len())
+    }
+
+    /// The outcome, once [`is_done`](Self::is_done).
+    pub fn result(&self) -> Result<(), CollError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves the run on as far as it can without waiting; true once it is done.
+    pub fn advance(&mut self, engine: &mut Engine, fabric: &mut dyn Fabric) -> bool {
+        loop {
+            let mut i = 0;
+            while i < self.pending.len() {
+                let p = self.pending[i];
+                if let Some(c) = engine.take(p.id) {
+                    self.pending.swap_remove(i);
+                    let got = c.status.bytes as usize;
+                    let outcome = match (c.result, p.recv) {
+                        (Err(e), _) => Err(CollError::P2p(e)),
+                        (Ok(()), Some(expected)) if got != expected => Err(CollError::Count {
+                            peer: p.peer,
+                            expected,
+                            got,
+                        }),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = outcome {
+                        self.error.get_or_insert(e);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !self.pending.is_empty() {
+                return false;
+            }
+            if self.error.is_some() || self.next_round == self.sched.rounds.len() {
+                return true;
+            }
+            let sched = self.sched.clone();
+            for step in sched.round(self.next_round) {
+                if let Err(e) = self.start(step, engine, fabric) {
+                    self.error.get_or_insert(e);
+                    break;
+                }
+            }
+            self.next_round += 1;
+        }
+    }
+
+    fn start(
+        &mut self,
+        step: &Step,
+        engine: &mut Engine,
+        fabric: &mut dyn Fabric,
+    ) -> Result<(), CollError> {
+        let (ctx, tag) = (self.route.ctx, self.route.tag);
+        match *step {
+            Step::Send { peer, span } => {
+                let dest = self.route.world(peer);
+                let region = self.region(span.buf);
+                let sent = region
+                    .read(span.range(), |b| {
+                        engine.try_send_now(fabric, ctx, dest, tag, b)
+                    })
+                    .map_err(CollError::Region)?;
+                // A fabric error has already failed the peer in the engine; the general
+                // path below then reports it on the request.
+                if !matches!(sent, Ok(true)) {
+                    let mem = region.view(span.range()).map_err(CollError::Region)?;
+                    let id = engine.isend(ctx, dest, tag, mem, SendMode::Standard);
+                    self.pending.push(Pending {
+                        id,
+                        peer,
+                        recv: None,
+                    });
+                }
+            }
+            Step::Recv { peer, span } => {
+                let src = self.route.world(peer) as i32;
+                let mem = self
+                    .region(span.buf)
+                    .view_mut(span.range())
+                    .map_err(CollError::Region)?;
+                let id = engine.irecv(ctx, src, tag, Some(mem));
+                self.pending.push(Pending {
+                    id,
+                    peer,
+                    recv: Some(span.len),
+                });
+            }
+            Step::Copy { from, to } => self.local(from, to, |s, d| d.copy_from_slice(s))?,
+            Step::Reduce {
+                from,
+                into,
+                from_left,
+            } => {
+                let k = self
+                    .kernel
+                    .clone()
+                    .expect("a schedule that reduces runs with a kernel");
+                self.local(from, into, |s, d| k.apply(s, d, from_left))?
+            }
+        }
+        Ok(())
+    }
+
+    fn local(
+        &self,
+        from: Span,
+        to: Span,
+        f: impl FnOnce(&[u8], &mut [u8]),
+    ) -> Result<(), CollError> {
+        Region::combine(
+            self.region(from.buf),
+            from.range(),
+            self.region(to.buf),
+            to.range(),
+            f,
+        )
+        .map_err(CollError::Region)
+    }
+}
