@@ -165,6 +165,8 @@ impl Run {
                 return false;
             }
             if self.error.is_some() || self.next_round == self.sched.rounds.len() {
+                // Done: hand the buffers back now (a lending scope waits for them).
+                self.regions.clear();
                 return true;
             }
             let sched = self.sched.clone();

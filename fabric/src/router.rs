@@ -16,6 +16,8 @@ pub struct Router {
     backends: Vec<Box<dyn Fabric>>,
     route: Vec<u8>,
     self_caps: Caps,
+    /// Node (host) of each rank, numbered by first appearance.
+    nodes: Vec<u32>,
 }
 
 impl Router {
@@ -51,7 +53,19 @@ impl Router {
             backends,
             route,
             self_caps,
+            nodes: vec![0; size as usize],
         }
+    }
+
+    /// Records which node each rank runs on (ranks with equal numbers share a host).
+    pub fn set_nodes(&mut self, nodes: Vec<u32>) {
+        assert_eq!(nodes.len(), self.size as usize);
+        self.nodes = nodes;
+    }
+
+    /// Node of each rank (all 0 unless the wire-up saw several hosts).
+    pub fn nodes(&self) -> &[u32] {
+        &self.nodes
     }
 
     /// A router for a world of one.

@@ -195,7 +195,20 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
         .into_iter()
         .map(|k| k.map(|k| usize::from(k == "tcp" && has_shm)))
         .collect();
-    Ok(Router::new(rank, size, backends, route))
+    let mut hosts: Vec<&str> = Vec::new();
+    let nodes = cards
+        .iter()
+        .map(|c| match hosts.iter().position(|h| *h == c.host) {
+            Some(i) => i as u32,
+            None => {
+                hosts.push(&c.host);
+                (hosts.len() - 1) as u32
+            }
+        })
+        .collect();
+    let mut router = Router::new(rank, size, backends, route);
+    router.set_nodes(nodes);
+    Ok(router)
 }
 
 #[cfg(test)]

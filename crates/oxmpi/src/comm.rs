@@ -11,12 +11,18 @@ use crate::request::{ObjRecv, Request, Scope};
 use crate::status::{check_tag, Source, Status, Tag};
 use crate::Error;
 use bytemuck::Pod;
+use oxmpi_collectives::registry::{Coll, Spec};
+use oxmpi_collectives::{Schedule, Topology};
 use oxmpi_fabric::{lend_scope, MemRef};
 use oxmpi_p2p::{Completion, ReqId, SendMode, ANY_SOURCE as RAW_ANY};
 use serde::{de::DeserializeOwned, Serialize};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// A communicator (`MPI_Comm`): a group of ranks and a private matching context.
+///
+/// Clones are handles on the same communicator (like copying an `MPI_Comm` handle); its
+/// context id goes back to the pool when the last handle is dropped.
 #[derive(Clone)]
 pub struct Communicator {
     pub(crate) state: Rc<State>,
@@ -24,6 +30,31 @@ pub struct Communicator {
     /// Point-to-point context; `ctx + 1` carries this communicator's collectives.
     pub(crate) ctx: u32,
     pub(crate) rank: u32,
+    pub(crate) shared: Rc<CommShared>,
+}
+
+/// What all handles of one communicator share.
+pub(crate) struct CommShared {
+    /// Number of collectives started (tags of the next one).
+    pub coll_seq: Cell<u32>,
+    /// Algorithms forced with [`Communicator::force_algorithm`].
+    pub forced: RefCell<Vec<(Coll, &'static str)>>,
+    /// Recently built schedules, most recent first.
+    pub schedules: RefCell<Vec<(Spec, &'static str, Rc<Schedule>)>>,
+    /// World rank of each rank (empty when they are the same).
+    pub world_map: Rc<[u32]>,
+    /// Which of this communicator's ranks share a node.
+    pub topo: Topology,
+    /// The context id to give back when the communicator goes away.
+    pub release: Option<(Rc<State>, u32)>,
+}
+
+impl Drop for CommShared {
+    fn drop(&mut self) {
+        if let Some((state, ctx)) = self.release.take() {
+            crate::comm_create::release_ctx(&state, ctx);
+        }
+    }
 }
 
 impl std::fmt::Debug for Communicator {
@@ -40,12 +71,55 @@ impl std::fmt::Debug for Communicator {
 
 impl Communicator {
     pub(crate) fn new(state: Rc<State>, group: Group, ctx: u32) -> Self {
+        Self::with_release(state, group, ctx, false)
+    }
+
+    /// A communicator whose context id returns to the pool when it goes away (`owned`).
+    pub(crate) fn with_release(state: Rc<State>, group: Group, ctx: u32, owned: bool) -> Self {
         let rank = group.from_world(state.rank).expect("this rank is a member");
+        Self::with_rank(state, group, ctx, rank, owned)
+    }
+
+    /// A communicator handle with an explicit local rank (intercommunicators address the
+    /// remote group, which this rank is not part of).
+    pub(crate) fn with_rank(
+        state: Rc<State>,
+        group: Group,
+        ctx: u32,
+        rank: u32,
+        owned: bool,
+    ) -> Self {
+        let members = group.world_ranks();
+        let identity = members.iter().enumerate().all(|(i, &w)| i as u32 == w);
+        let world_map: Rc<[u32]> = if identity {
+            Rc::from(Vec::new())
+        } else {
+            Rc::from(members.to_vec())
+        };
+        let topo = state.topo.restrict(members);
+        let shared = Rc::new(CommShared {
+            coll_seq: Cell::new(0),
+            forced: RefCell::new(Vec::new()),
+            schedules: RefCell::new(Vec::new()),
+            world_map,
+            topo,
+            release: owned.then(|| (state.clone(), ctx)),
+        });
         Self {
             state,
             group: Rc::new(group),
             ctx,
             rank,
+            shared,
+        }
+    }
+
+    /// A handle on this communicator's collective context, for collectives built from
+    /// point-to-point calls.
+    pub(crate) fn coll_view(&self) -> Communicator {
+        Communicator {
+            ctx: self.ctx + 1,
+            ..self.clone()
         }
     }
 
@@ -90,7 +164,7 @@ impl Communicator {
     }
 
     /// An engine error, with ranks translated to this communicator's.
-    fn error(&self, e: oxmpi_p2p::P2pError) -> Error {
+    pub(crate) fn error(&self, e: oxmpi_p2p::P2pError) -> Error {
         Error::from_p2p(e, |w| self.group.from_world(w).unwrap_or(w))
     }
 
@@ -311,31 +385,6 @@ impl Communicator {
     /// before the transport is done with all of them — even if a request is leaked.
     pub fn scope<'env, R>(&'env self, f: impl for<'s> FnOnce(&Scope<'s, 'env>) -> R) -> R {
         lend_scope(|lender| f(&Scope::new(lender, self)), self.settle())
-    }
-
-    /// Blocks until every rank has called it (`MPI_Barrier`): a dissemination barrier.
-    pub fn barrier(&self) -> Result<(), Error> {
-        let (n, me) = (self.size(), self.rank);
-        let ctx = self.ctx + 1;
-        let mut dist = 1;
-        let mut round = 0;
-        while dist < n {
-            let to = self.group.to_world((me + dist) % n);
-            let from = self.group.to_world((me + n - dist) % n) as i32;
-            let (sid, rid) = {
-                let mut p = self.state.progress();
-                let sid = p
-                    .engine
-                    .isend(ctx, to, round, MemRef::empty(), SendMode::Standard);
-                let rid = p.engine.irecv(ctx, from, round, None);
-                (sid, rid)
-            };
-            self.finish(self.wait_id(rid))?;
-            self.finish(self.wait_id(sid))?;
-            dist *= 2;
-            round += 1;
-        }
-        Ok(())
     }
 
     /// Brings the whole job down with `code` (`MPI_Abort`).

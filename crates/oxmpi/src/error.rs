@@ -37,10 +37,41 @@ pub enum Error {
     },
     /// `init` was called twice in one process.
     AlreadyInitialized,
+    /// A collective's buffer, count or displacement list has the wrong length.
+    BufferSize {
+        /// Which collective.
+        what: &'static str,
+        /// Which argument.
+        buffer: &'static str,
+        /// Length needed (elements).
+        expected: usize,
+        /// Length given.
+        got: usize,
+    },
+    /// A reduction op that is not defined on the element type.
+    InvalidOp(String),
+    /// A forced collective algorithm that does not exist or cannot run this call.
+    Algorithm(String),
+    /// An argument outside what the call accepts (dimensions, colours, groups).
+    InvalidArgument(String),
+    /// Every context id is in use (too many live communicators).
+    NoContext,
 
     // --- peer misbehaviour ---
     /// A received object could not be decoded as the requested type.
     Decode(String),
+    /// Ranks disagree about a collective's counts: `rank` sent `got` bytes where this rank
+    /// expected `expected`.
+    CollectiveMismatch {
+        /// Communicator rank that sent.
+        rank: u32,
+        /// Bytes this rank expected.
+        expected: usize,
+        /// Bytes that came.
+        got: usize,
+    },
+    /// An internal inconsistency (a bug in oxmpi); the operation was stopped.
+    Internal(String),
 
     // --- fabric failure ---
     /// A rank this operation depends on is gone.
@@ -73,6 +104,18 @@ impl std::fmt::Display for Error {
                 write!(f, "a {bytes}-byte message is not a whole number of {elem}-byte elements")
             }
             Self::AlreadyInitialized => write!(f, "oxmpi::init was already called in this process"),
+            Self::BufferSize { what, buffer, expected, got } => {
+                write!(f, "{what}: {buffer} has length {got}, {expected} needed")
+            }
+            Self::InvalidOp(m) => write!(f, "invalid reduction: {m}"),
+            Self::Algorithm(m) => write!(f, "collective algorithm: {m}"),
+            Self::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Self::NoContext => write!(f, "no free communicator context id (free some communicators)"),
+            Self::CollectiveMismatch { rank, expected, got } => write!(
+                f,
+                "collective count mismatch: rank {rank} sent {got} bytes where {expected} were expected (ranks passed different counts)"
+            ),
+            Self::Internal(m) => write!(f, "internal error: {m}"),
             Self::Decode(m) => write!(f, "could not decode the received object: {m}"),
             Self::PeerLost { rank, why } => write!(f, "rank {rank} is gone: {why}"),
             Self::Fabric(m) => write!(f, "fabric error: {m}"),

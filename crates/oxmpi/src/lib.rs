@@ -19,16 +19,25 @@
 //! A program started without `oxrun` runs as a world of one.
 #![forbid(unsafe_code)]
 
+mod cart;
+mod collective;
+mod collective_obj;
 mod comm;
+mod comm_create;
 mod error;
 mod group;
 mod progress;
 mod request;
 mod status;
 
+pub use cart::{dims_create, CartComm};
+pub use collective::{CollRequest, Persistent};
 pub use comm::Communicator;
+pub use comm_create::InterComm;
 pub use error::Error;
-pub use group::Group;
+pub use group::{Group, GroupRelation};
+pub use oxmpi_collectives::ops::{LocF32, LocF64, LocI32, LocI64, LocU32, LocU64};
+pub use oxmpi_collectives::{Loc, Op, ReduceOp, Reducible, UserOp};
 pub use request::{test_all, wait_all, wait_any, ObjRecv, Request, Scope};
 pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
@@ -87,7 +96,25 @@ pub fn init() -> Result<Universe> {
     } else {
         (Router::singleton(), None)
     };
-    Ok(Universe::from_router(router, kvs, cores))
+    Universe::from_router(router, kvs, cores)
+}
+
+/// The collective selection table in effect (`OXMPI_COLL_TABLE`, else built in) with the
+/// algorithms forced by `OXMPI_COLL_<NAME>`, as `oxrun --coll-table` prints it.
+pub fn coll_table() -> Result<String> {
+    let t = oxmpi_collectives::Table::from_env().map_err(Error::Algorithm)?;
+    Ok(t.describe())
+}
+
+/// Which world ranks share a node: the fabric's view, or blocks of `OXMPI_NODE_SIZE`.
+fn topology(router: &Router) -> oxmpi_collectives::Topology {
+    match std::env::var("OXMPI_NODE_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        Some(k) if k > 0 => oxmpi_collectives::Topology::blocks(router.size(), k),
+        _ => oxmpi_collectives::Topology::from_keys(router.nodes()),
+    }
 }
 
 impl Universe {
@@ -96,9 +123,12 @@ impl Universe {
     pub fn from_fabric(fabric: Box<dyn Fabric>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self::from_router(Router::single(fabric), None, cores)
+            .expect("a universe over a wired fabric needs nothing that can fail but the table")
     }
 
-    fn from_router(fabric: Router, kvs: Option<KvsClient>, cores: usize) -> Self {
+    fn from_router(fabric: Router, kvs: Option<KvsClient>, cores: usize) -> Result<Self> {
+        let table = oxmpi_collectives::Table::from_env().map_err(Error::Algorithm)?;
+        let topo = topology(&fabric);
         let engine = Engine::for_fabric(&fabric);
         let (rank, size) = (fabric.rank(), fabric.size());
         let sockets_only = size > 1
@@ -113,16 +143,20 @@ impl Universe {
             progress: RefCell::new(Progress {
                 engine,
                 fabric,
+                colls: Default::default(),
                 finalizing: false,
             }),
             kvs: RefCell::new(kvs),
             rank,
             size,
             policy: WaitPolicy::new(local, cores, sockets_only),
+            table,
+            topo,
+            free_ctx: RefCell::new(comm_create::all_free()),
         };
-        Self {
+        Ok(Self {
             state: Rc::new(state),
-        }
+        })
     }
 
     /// All ranks of the job (`MPI_COMM_WORLD`).

@@ -7,8 +7,10 @@
 //! a few milliseconds. So two pinned ranks see polling latency, and eight ranks on two cores
 //! still make progress without burning each other's time.
 
+use crate::collective::CollRuns;
 use crate::Error;
 use oxmpi_bootstrap::KvsClient;
+use oxmpi_collectives::{Table, Topology};
 use oxmpi_fabric::{Event, Fabric, FabricError, Header, Rank, Router};
 use oxmpi_p2p::Engine;
 use std::cell::{RefCell, RefMut};
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Progress {
     pub engine: Engine,
     pub fabric: Router,
+    /// Nonblocking and persistent collectives in flight.
+    pub colls: CollRuns,
     /// Set by finalize: peers closing their connections is expected then, not reported.
     pub finalizing: bool,
 }
@@ -52,6 +56,7 @@ impl Progress {
         let Self {
             engine,
             fabric,
+            colls,
             finalizing,
         } = self;
         if engine.has_tx() {
@@ -70,6 +75,9 @@ impl Progress {
                 1
             }
         };
+        if colls.has_active() {
+            colls.advance_all(engine, fabric);
+        }
         if engine.has_tx() {
             let _ = engine.progress_tx(fabric);
         }
@@ -127,6 +135,12 @@ pub(crate) struct State {
     pub rank: u32,
     pub size: u32,
     pub policy: WaitPolicy,
+    /// The collective selection table.
+    pub table: Table,
+    /// Which world ranks share a node.
+    pub topo: Topology,
+    /// Free context ids (see `comm_create`): bit `i` of word `i / 64` set when free.
+    pub free_ctx: RefCell<Vec<u64>>,
 }
 
 impl State {
@@ -139,6 +153,14 @@ impl State {
         self.wait_with(|p| {
             p.pass();
             done(&mut p.engine)
+        })
+    }
+
+    /// Drives progress until `done` holds of the driver.
+    pub fn wait_until_with(&self, mut done: impl FnMut(&mut Progress) -> bool) {
+        self.wait_with(|p| {
+            p.pass();
+            done(p)
         })
     }
 

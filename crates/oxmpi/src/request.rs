@@ -28,6 +28,14 @@ impl<'s, 'env> Scope<'s, 'env> {
         Self { lender, comm }
     }
 
+    pub(crate) fn comm(&self) -> &'env Communicator {
+        self.comm
+    }
+
+    pub(crate) fn lender(&self) -> &'s Lender<'s, 'env> {
+        self.lender
+    }
+
     fn isend_mode<T: Pod>(
         &self,
         buf: &'s [T],

@@ -1,0 +1,1440 @@
+//! Collective operations on [`Pod`] buffers (MPI chapter 6): blocking, nonblocking (on a
+//! [`Scope`]) and persistent ([`Persistent`]), all running the schedules of
+//! `oxmpi-collectives` through one executor.
+//!
+//! Each call describes itself as a [`Spec`] (sizes in bytes), the communicator picks the
+//! algorithm (its forced choice, `OXMPI_COLL_<NAME>`, or the selection table) and builds the
+//! schedule — cached per communicator, so a repeated call reuses it — and the run goes on the
+//! collective context `ctx + 1` with a tag that numbers this communicator's collectives, so
+//! concurrent nonblocking collectives never match each other's messages.
+//!
+//! Counts are checked before anything is sent: a buffer of the wrong length is an
+//! [`Error::BufferSize`] on the rank that passed it. Ranks that disagree about counts get an
+//! [`Error::CollectiveMismatch`] or [`Error::Truncated`] where the mismatch is visible.
+
+use crate::comm::Communicator;
+use crate::request::Scope;
+use crate::Error;
+use bytemuck::Pod;
+use oxmpi_collectives::algorithms::Blocks;
+use oxmpi_collectives::registry::{self, AlgoInfo, Coll, Spec};
+use oxmpi_collectives::{CollError, Kernel, ReduceOp, Route, Run, Schedule, TypedKernel};
+use oxmpi_fabric::{lend_scope, Fabric, Region};
+use oxmpi_p2p::Engine;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+/// Nonblocking and persistent collectives in flight, advanced by every progress pass.
+#[derive(Default)]
+pub(crate) struct CollRuns {
+    slots: Vec<Slot>,
+    /// Runs not finished yet.
+    active: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    gen: u32,
+    run: Option<Run>,
+    detached: bool,
+}
+
+/// Handle of a run in [`CollRuns`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CollId {
+    idx: u32,
+    gen: u32,
+}
+
+impl CollRuns {
+    pub fn insert(&mut self, run: Run) -> CollId {
+        let idx = match self.slots.iter().position(|s| s.run.is_none()) {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        };
+        let s = &mut self.slots[idx];
+        s.gen = s.gen.wrapping_add(1);
+        s.detached = false;
+        if !run.is_done() {
+            self.active += 1;
+        }
+        s.run = Some(run);
+        CollId {
+            idx: idx as u32,
+            gen: s.gen,
+        }
+    }
+
+    #[inline]
+    pub fn has_active(&self) -> bool {
+        self.active > 0
+    }
+
+    /// Advances every unfinished run.
+    pub fn advance_all(&mut self, engine: &mut Engine, fabric: &mut dyn Fabric) {
+        for s in &mut self.slots {
+            let Some(run) = &mut s.run else { continue };
+            if run.is_done() {
+                continue;
+            }
+            if run.advance(engine, fabric) {
+                self.active -= 1;
+                if s.detached {
+                    s.run = None;
+                }
+            }
+        }
+    }
+
+    fn slot(&self, id: CollId) -> Option<&Slot> {
+        self.slots
+            .get(id.idx as usize)
+            .filter(|s| s.gen == id.gen && s.run.is_some())
+    }
+
+    pub fn is_done(&self, id: CollId) -> bool {
+        self.slot(id)
+            .and_then(|s| s.run.as_ref())
+            .is_none_or(Run::is_done)
+    }
+
+    /// The outcome of a finished run, freeing its slot.
+    pub fn take(&mut self, id: CollId) -> Option<Result<(), CollError>> {
+        if !self.is_done(id) || self.slot(id).is_none() {
+            return None;
+        }
+        let run = self.slots[id.idx as usize].run.take()?;
+        Some(run.result())
+    }
+
+    /// The owner no longer wants the outcome: free the slot when the run finishes.
+    pub fn detach(&mut self, id: CollId) {
+        if self.take(id).is_none() {
+            if let Some(s) = self.slots.get_mut(id.idx as usize) {
+                if s.gen == id.gen {
+                    s.detached = true;
+                }
+            }
+        }
+    }
+}
+
+/// A nonblocking collective in flight (`MPI_Request` of `MPI_Iallreduce` and friends).
+#[must_use = "a collective request should be waited for"]
+pub struct CollRequest<'s> {
+    comm: Communicator,
+    id: CollId,
+    active: bool,
+    _scope: PhantomData<&'s ()>,
+}
+
+impl std::fmt::Debug for CollRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CollRequest(active: {})", self.active)
+    }
+}
+
+impl CollRequest<'_> {
+    /// Waits for the collective to complete on this rank (`MPI_Wait`).
+    pub fn wait(mut self) -> Result<(), Error> {
+        let id = self.id;
+        self.comm.state.wait_until_with(|p| p.colls.is_done(id));
+        self.collect().unwrap_or(Ok(()))
+    }
+
+    /// Whether it has completed (`MPI_Test`); once true the request is spent.
+    pub fn test(&mut self) -> Result<bool, Error> {
+        if !self.active {
+            return Ok(true);
+        }
+        self.comm.state.progress().pass();
+        match self.collect() {
+            Some(r) => r.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    fn collect(&mut self) -> Option<Result<(), Error>> {
+        let r = self.comm.state.progress().colls.take(self.id)?;
+        self.active = false;
+        Some(r.map_err(|e| self.comm.coll_error(e)))
+    }
+}
+
+impl Drop for CollRequest<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            if let Ok(mut p) = self.comm.state.progress.try_borrow_mut() {
+                p.colls.detach(self.id);
+            }
+        }
+    }
+}
+
+/// One collective call: what it is, its buffers as bytes, its reduction.
+pub(crate) struct Call<'a> {
+    spec: Spec,
+    send: &'a [u8],
+    recv: &'a mut [u8],
+    kernel: Option<Rc<dyn Kernel>>,
+}
+
+fn len_check(
+    what: &'static str,
+    buffer: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<(), Error> {
+    if got != expected {
+        return Err(Error::BufferSize {
+            what,
+            buffer,
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+fn kernel<T: Pod, O: ReduceOp<T>>(op: O) -> Result<Rc<dyn Kernel>, Error> {
+    op.check().map_err(Error::InvalidOp)?;
+    Ok(Rc::new(TypedKernel::<T, O>::new(op)))
+}
+
+fn bytes<T: Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+fn bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
+    bytemuck::cast_slice_mut(v)
+}
+
+/// Element counts and displacements as a byte layout.
+fn layout<T>(
+    what: &'static str,
+    counts: &[usize],
+    displs: &[usize],
+    size: u32,
+    buf_len: usize,
+) -> Result<Blocks, Error> {
+    let e = std::mem::size_of::<T>();
+    len_check(what, "counts", counts.len(), size as usize)?;
+    len_check(what, "displacements", displs.len(), size as usize)?;
+    for (c, d) in counts.iter().zip(displs) {
+        if d + c > buf_len {
+            return Err(Error::BufferSize {
+                what,
+                buffer: "buffer (count + displacement)",
+                expected: d + c,
+                got: buf_len,
+            });
+        }
+    }
+    Ok(Blocks {
+        counts: counts.iter().map(|c| c * e).collect(),
+        displs: displs.iter().map(|d| d * e).collect(),
+    })
+}
+
+/// Builds the [`Call`] of each collective, checking its arguments; shared by the blocking,
+/// nonblocking and persistent forms.
+impl Communicator {
+    fn check_root(&self, root: u32) -> Result<(), Error> {
+        crate::progress::check_rank(root, self.size())
+    }
+
+    pub(crate) fn call_barrier(&self) -> Call<'static> {
+        Call {
+            spec: Spec::Barrier,
+            send: &[],
+            recv: &mut [],
+            kernel: None,
+        }
+    }
+
+    pub(crate) fn call_bcast<'a, T: Pod>(
+        &self,
+        buf: &'a mut [T],
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let recv = bytes_mut(buf);
+        Ok(Call {
+            spec: Spec::Bcast {
+                root,
+                bytes: recv.len(),
+            },
+            send: &[],
+            recv,
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_reduce<'a, T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let at_root = self.rank() == root;
+        if at_root {
+            len_check("reduce", "receive", recv.len(), send.len())?;
+        }
+        let e = std::mem::size_of::<T>();
+        Ok(Call {
+            spec: Spec::Reduce {
+                root,
+                bytes: std::mem::size_of_val(send),
+                elem: e,
+                commutative: op.is_commutative(),
+            },
+            send: bytes(send),
+            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            kernel: Some(kernel(op)?),
+        })
+    }
+
+    pub(crate) fn call_allreduce<'a, T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        op: O,
+    ) -> Result<Call<'a>, Error> {
+        len_check("allreduce", "receive", recv.len(), send.len())?;
+        let e = std::mem::size_of::<T>();
+        Ok(Call {
+            spec: Spec::Allreduce {
+                bytes: std::mem::size_of_val(send),
+                elem: e,
+                commutative: op.is_commutative(),
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: Some(kernel(op)?),
+        })
+    }
+
+    pub(crate) fn call_scan<'a, T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        op: O,
+        exclusive: bool,
+    ) -> Result<Call<'a>, Error> {
+        let what = if exclusive { "exscan" } else { "scan" };
+        len_check(what, "receive", recv.len(), send.len())?;
+        let e = std::mem::size_of::<T>();
+        let (bytes_n, commutative) = (std::mem::size_of_val(send), op.is_commutative());
+        Ok(Call {
+            spec: if exclusive {
+                Spec::Exscan {
+                    bytes: bytes_n,
+                    elem: e,
+                    commutative,
+                }
+            } else {
+                Spec::Scan {
+                    bytes: bytes_n,
+                    elem: e,
+                    commutative,
+                }
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: Some(kernel(op)?),
+        })
+    }
+
+    pub(crate) fn call_gather<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let at_root = self.rank() == root;
+        if at_root {
+            len_check(
+                "gather",
+                "receive",
+                recv.len(),
+                send.len() * self.size() as usize,
+            )?;
+        }
+        Ok(Call {
+            spec: Spec::Gather {
+                root,
+                block: bytes(send).len(),
+            },
+            send: bytes(send),
+            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_gatherv<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let at_root = self.rank() == root;
+        let recv_layout = if at_root {
+            let l = layout::<T>("gatherv", counts, displs, self.size(), recv.len())?;
+            len_check(
+                "gatherv",
+                "send (counts[root])",
+                send.len(),
+                counts[root as usize],
+            )?;
+            l
+        } else {
+            Blocks::equal(self.size(), 0)
+        };
+        Ok(Call {
+            spec: Spec::Gatherv {
+                root,
+                send: bytes(send).len(),
+                recv: recv_layout,
+            },
+            send: bytes(send),
+            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_scatter<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let at_root = self.rank() == root;
+        if at_root {
+            len_check(
+                "scatter",
+                "send",
+                send.len(),
+                recv.len() * self.size() as usize,
+            )?;
+        }
+        Ok(Call {
+            spec: Spec::Scatter {
+                root,
+                block: bytes(recv).len(),
+            },
+            send: if at_root { bytes(send) } else { &[] },
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_scatterv<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        counts: &[usize],
+        displs: &[usize],
+        recv: &'a mut [T],
+        root: u32,
+    ) -> Result<Call<'a>, Error> {
+        self.check_root(root)?;
+        let at_root = self.rank() == root;
+        let send_layout = if at_root {
+            let l = layout::<T>("scatterv", counts, displs, self.size(), send.len())?;
+            len_check(
+                "scatterv",
+                "receive (counts[root])",
+                recv.len(),
+                counts[root as usize],
+            )?;
+            l
+        } else {
+            Blocks::equal(self.size(), 0)
+        };
+        Ok(Call {
+            spec: Spec::Scatterv {
+                root,
+                send: send_layout,
+                recv: bytes(recv).len(),
+            },
+            send: if at_root { bytes(send) } else { &[] },
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_allgather<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+    ) -> Result<Call<'a>, Error> {
+        len_check(
+            "allgather",
+            "receive",
+            recv.len(),
+            send.len() * self.size() as usize,
+        )?;
+        Ok(Call {
+            spec: Spec::Allgather {
+                block: bytes(send).len(),
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_allgatherv<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<Call<'a>, Error> {
+        let l = layout::<T>("allgatherv", counts, displs, self.size(), recv.len())?;
+        len_check(
+            "allgatherv",
+            "send (counts[rank])",
+            send.len(),
+            counts[self.rank() as usize],
+        )?;
+        Ok(Call {
+            spec: Spec::Allgatherv {
+                send: bytes(send).len(),
+                recv: l,
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_alltoall<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+    ) -> Result<Call<'a>, Error> {
+        let p = self.size() as usize;
+        len_check("alltoall", "receive", recv.len(), send.len())?;
+        if !send.len().is_multiple_of(p) {
+            return Err(Error::BufferSize {
+                what: "alltoall",
+                buffer: "send (a multiple of the communicator size)",
+                expected: send.len().div_ceil(p) * p,
+                got: send.len(),
+            });
+        }
+        Ok(Call {
+            spec: Spec::Alltoall {
+                block: bytes(send).len() / p,
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn call_alltoallv<'a, T: Pod>(
+        &self,
+        send: &'a [T],
+        send_counts: &[usize],
+        send_displs: &[usize],
+        recv: &'a mut [T],
+        recv_counts: &[usize],
+        recv_displs: &[usize],
+    ) -> Result<Call<'a>, Error> {
+        let s = layout::<T>(
+            "alltoallv",
+            send_counts,
+            send_displs,
+            self.size(),
+            send.len(),
+        )?;
+        let r = layout::<T>(
+            "alltoallv",
+            recv_counts,
+            recv_displs,
+            self.size(),
+            recv.len(),
+        )?;
+        Ok(Call {
+            spec: Spec::Alltoallv { send: s, recv: r },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: None,
+        })
+    }
+
+    pub(crate) fn call_reduce_scatter_block<'a, T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        op: O,
+    ) -> Result<Call<'a>, Error> {
+        len_check(
+            "reduce_scatter_block",
+            "send",
+            send.len(),
+            recv.len() * self.size() as usize,
+        )?;
+        let e = std::mem::size_of::<T>();
+        Ok(Call {
+            spec: Spec::ReduceScatterBlock {
+                block: std::mem::size_of_val(recv),
+                elem: e,
+                commutative: op.is_commutative(),
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: Some(kernel(op)?),
+        })
+    }
+
+    pub(crate) fn call_reduce_scatter<'a, T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'a [T],
+        recv: &'a mut [T],
+        counts: &[usize],
+        op: O,
+    ) -> Result<Call<'a>, Error> {
+        len_check(
+            "reduce_scatter",
+            "counts",
+            counts.len(),
+            self.size() as usize,
+        )?;
+        len_check("reduce_scatter", "send", send.len(), counts.iter().sum())?;
+        len_check(
+            "reduce_scatter",
+            "receive",
+            recv.len(),
+            counts[self.rank() as usize],
+        )?;
+        let e = std::mem::size_of::<T>();
+        Ok(Call {
+            spec: Spec::ReduceScatter {
+                blocks: Blocks::packed(counts.iter().map(|c| c * e).collect()),
+                elem: e,
+                commutative: op.is_commutative(),
+            },
+            send: bytes(send),
+            recv: bytes_mut(recv),
+            kernel: Some(kernel(op)?),
+        })
+    }
+}
+
+/// Running calls.
+impl Communicator {
+    /// The algorithm for `spec`: this communicator's forced choice, then
+    /// `OXMPI_COLL_<NAME>`, then the selection table.
+    pub(crate) fn algorithm(&self, spec: &Spec) -> Result<&'static AlgoInfo, Error> {
+        let coll = spec.coll();
+        let forced = self
+            .shared
+            .forced
+            .borrow()
+            .iter()
+            .find(|(c, _)| *c == coll)
+            .map(|(_, a)| a.to_string());
+        if let Some(name) = forced {
+            return registry::forced(spec, &name).map_err(Error::Algorithm);
+        }
+        if let Some(name) = registry::forced_from_env(coll) {
+            return registry::forced(spec, &name)
+                .map_err(|e| Error::Algorithm(format!("{}: {e}", registry::env_name(coll))));
+        }
+        Ok(self
+            .state
+            .table
+            .select(spec, self.size(), &self.shared.topo))
+    }
+
+    /// The schedule for `spec`, from this communicator's cache when it was built before.
+    pub(crate) fn schedule(&self, spec: &Spec) -> Result<Rc<Schedule>, Error> {
+        let algo = self.algorithm(spec)?;
+        let mut cache = self.shared.schedules.borrow_mut();
+        if let Some(i) = cache
+            .iter()
+            .position(|(s, a, _)| *a == algo.name && s == spec)
+        {
+            let hit = cache.remove(i);
+            let sched = hit.2.clone();
+            cache.insert(0, hit);
+            return Ok(sched);
+        }
+        let sched = Rc::new(registry::build(
+            spec,
+            algo,
+            self.rank(),
+            self.size(),
+            &self.shared.topo,
+        ));
+        cache.insert(0, (spec.clone(), algo.name, sched.clone()));
+        cache.truncate(SCHEDULE_CACHE);
+        Ok(sched)
+    }
+
+    fn route(&self, coll: Coll) -> Route {
+        let seq = self.shared.coll_seq.get();
+        self.shared.coll_seq.set(seq.wrapping_add(1));
+        Route {
+            ctx: self.ctx + 1,
+            tag: coll_tag(seq, coll.code()),
+            world: self.shared.world_map.clone(),
+        }
+    }
+
+    fn new_run(
+        &self,
+        sched: Rc<Schedule>,
+        coll: Coll,
+        send: Region,
+        recv: Region,
+        kernel: Option<Rc<dyn Kernel>>,
+    ) -> Run {
+        Run::new(sched, send, recv, kernel, self.route(coll))
+    }
+
+    /// Runs `run` to completion.
+    fn drive(&self, mut run: Run) -> Result<(), Error> {
+        let finished = {
+            let mut p = self.state.progress();
+            let p = &mut *p;
+            run.advance(&mut p.engine, &mut p.fabric)
+        };
+        if !finished {
+            self.state.wait_with(|p| {
+                p.pass();
+                run.advance(&mut p.engine, &mut p.fabric)
+            });
+        }
+        run.result().map_err(|e| self.coll_error(e))
+    }
+
+    /// Runs a call to completion (the blocking form).
+    pub(crate) fn run_call(&self, call: Call<'_>) -> Result<(), Error> {
+        let sched = self.schedule(&call.spec)?;
+        let coll = call.spec.coll();
+        let Call {
+            send, recv, kernel, ..
+        } = call;
+        lend_scope(
+            |l| {
+                let run = self.new_run(
+                    sched,
+                    coll,
+                    l.lend_region(send),
+                    l.lend_region_mut(recv),
+                    kernel,
+                );
+                self.drive(run)
+            },
+            |done| self.state.wait_until(|_| done()),
+        )
+    }
+
+    pub(crate) fn coll_error(&self, e: CollError) -> Error {
+        match e {
+            CollError::P2p(p) => Error::from_p2p(p, |w| self.group.from_world(w).unwrap_or(w)),
+            CollError::Count {
+                peer,
+                expected,
+                got,
+            } => Error::CollectiveMismatch {
+                rank: peer,
+                expected,
+                got,
+            },
+            CollError::Region(r) => Error::Internal(format!("collective schedule: {r}")),
+        }
+    }
+
+    /// Forces `algorithm` for `collective` on this communicator (overrides
+    /// `OXMPI_COLL_<NAME>` and the table). Every rank must force the same.
+    pub fn force_algorithm(&self, collective: &str, algorithm: &str) -> Result<(), Error> {
+        let coll = Coll::from_name(collective)
+            .ok_or_else(|| Error::Algorithm(format!("no collective named '{collective}'")))?;
+        let algo = registry::find(coll, algorithm).ok_or_else(|| {
+            let known: Vec<&str> = registry::algorithms(coll).map(|a| a.name).collect();
+            Error::Algorithm(format!(
+                "{collective} has no algorithm '{algorithm}' (known: {})",
+                known.join(", ")
+            ))
+        })?;
+        let mut f = self.shared.forced.borrow_mut();
+        f.retain(|(c, _)| *c != coll);
+        f.push((coll, algo.name));
+        Ok(())
+    }
+
+    /// Removes this communicator's forced algorithms.
+    pub fn clear_forced_algorithms(&self) {
+        self.shared.forced.borrow_mut().clear();
+    }
+
+    /// Name of the algorithm a call would use (for tools and tests).
+    pub fn algorithm_for(&self, collective: &str, bytes: usize) -> Result<&'static str, Error> {
+        let coll = Coll::from_name(collective)
+            .ok_or_else(|| Error::Algorithm(format!("no collective named '{collective}'")))?;
+        let p = self.size();
+        let spec = match coll {
+            Coll::Barrier => Spec::Barrier,
+            Coll::Bcast => Spec::Bcast { root: 0, bytes },
+            Coll::Reduce => Spec::Reduce {
+                root: 0,
+                bytes,
+                elem: 1,
+                commutative: true,
+            },
+            Coll::Allreduce => Spec::Allreduce {
+                bytes,
+                elem: 1,
+                commutative: true,
+            },
+            Coll::Gather => Spec::Gather {
+                root: 0,
+                block: bytes,
+            },
+            Coll::Scatter => Spec::Scatter {
+                root: 0,
+                block: bytes,
+            },
+            Coll::Allgather => Spec::Allgather { block: bytes },
+            Coll::Alltoall => Spec::Alltoall { block: bytes },
+            Coll::ReduceScatterBlock => Spec::ReduceScatterBlock {
+                block: bytes,
+                elem: 1,
+                commutative: true,
+            },
+            Coll::Scan => Spec::Scan {
+                bytes,
+                elem: 1,
+                commutative: true,
+            },
+            Coll::Exscan => Spec::Exscan {
+                bytes,
+                elem: 1,
+                commutative: true,
+            },
+            Coll::Gatherv => Spec::Gatherv {
+                root: 0,
+                send: bytes,
+                recv: Blocks::equal(p, bytes),
+            },
+            Coll::Scatterv => Spec::Scatterv {
+                root: 0,
+                send: Blocks::equal(p, bytes),
+                recv: bytes,
+            },
+            Coll::Allgatherv => Spec::Allgatherv {
+                send: bytes,
+                recv: Blocks::equal(p, bytes),
+            },
+            Coll::Alltoallv => Spec::Alltoallv {
+                send: Blocks::equal(p, bytes),
+                recv: Blocks::equal(p, bytes),
+            },
+            Coll::ReduceScatter => Spec::ReduceScatter {
+                blocks: Blocks::equal(p, bytes),
+                elem: 1,
+                commutative: true,
+            },
+        };
+        Ok(self.algorithm(&spec)?.name)
+    }
+}
+
+/// Schedules kept per communicator.
+const SCHEDULE_CACHE: usize = 16;
+
+/// Tag of collective number `seq` of kind `code`: the kind keeps different collectives from
+/// matching each other if ranks call them in different orders.
+fn coll_tag(seq: u32, code: u8) -> i32 {
+    (((seq & 0x00FF_FFFF) << 7) | code as u32) as i32
+}
+
+/// The blocking collectives.
+impl Communicator {
+    /// Blocks until every rank has called it (`MPI_Barrier`).
+    pub fn barrier(&self) -> Result<(), Error> {
+        self.run_call(self.call_barrier())
+    }
+
+    /// Broadcasts `root`'s `buf` into every rank's `buf` (`MPI_Bcast`).
+    pub fn bcast<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
+        self.run_call(self.call_bcast(buf, root)?)
+    }
+
+    /// Reduces every rank's `send` element-wise with `op` into `recv` at `root` (`MPI_Reduce`);
+    /// `recv` is not used on other ranks (an empty slice will do).
+    pub fn reduce<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_reduce(send, recv, op, root)?)
+    }
+
+    /// [`reduce`](Self::reduce) with `MPI_IN_PLACE`: `buf` is every rank's input and the
+    /// root's output.
+    pub fn reduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.reduce(&input, buf, op, root)
+    }
+
+    /// Reduces every rank's `send` into every rank's `recv` (`MPI_Allreduce`).
+    pub fn allreduce<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_allreduce(send, recv, op)?)
+    }
+
+    /// [`allreduce`](Self::allreduce) with `MPI_IN_PLACE`.
+    pub fn allreduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.allreduce(&input, buf, op)
+    }
+
+    /// Inclusive prefix reduction: rank `r` gets `send[0] op ... op send[r]` (`MPI_Scan`).
+    pub fn scan<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_scan(send, recv, op, false)?)
+    }
+
+    /// [`scan`](Self::scan) with `MPI_IN_PLACE`.
+    pub fn scan_in_place<T: Pod, O: ReduceOp<T>>(&self, buf: &mut [T], op: O) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.scan(&input, buf, op)
+    }
+
+    /// Exclusive prefix reduction: rank `r > 0` gets `send[0] op ... op send[r-1]`; rank 0's
+    /// `recv` is left untouched (`MPI_Exscan`).
+    pub fn exscan<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_scan(send, recv, op, true)?)
+    }
+
+    /// [`exscan`](Self::exscan) with `MPI_IN_PLACE`.
+    pub fn exscan_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.exscan(&input, buf, op)
+    }
+
+    /// Gathers every rank's `send` into `recv` at `root`, in rank order (`MPI_Gather`).
+    pub fn gather<T: Pod>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<(), Error> {
+        self.run_call(self.call_gather(send, recv, root)?)
+    }
+
+    /// [`gather`](Self::gather) with `MPI_IN_PLACE` at the root: there `buf` is the whole
+    /// receive buffer with the root's block already in place; elsewhere it is the block sent.
+    pub fn gather_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
+        if self.rank() == root {
+            let n = buf.len() / self.size().max(1) as usize;
+            let r = root as usize;
+            let mine = buf[r * n..(r + 1) * n].to_vec();
+            self.gather(&mine, buf, root)
+        } else {
+            self.gather(buf, &mut [], root)
+        }
+    }
+
+    /// Gathers `send` (of `counts[rank]` elements) into `recv` at `root`, block `i` at
+    /// `displs[i]` (`MPI_Gatherv`); `counts` and `displs` are used at the root.
+    pub fn gatherv<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_gatherv(send, recv, counts, displs, root)?)
+    }
+
+    /// Scatters `root`'s `send` in rank-order blocks of `recv.len()` elements (`MPI_Scatter`).
+    pub fn scatter<T: Pod>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<(), Error> {
+        self.run_call(self.call_scatter(send, recv, root)?)
+    }
+
+    /// [`scatter`](Self::scatter) with `MPI_IN_PLACE` at the root: there `buf` is the whole
+    /// send buffer and the root's block stays where it is; elsewhere it receives the block.
+    pub fn scatter_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
+        if self.rank() == root {
+            let n = buf.len() / self.size().max(1) as usize;
+            let r = root as usize;
+            let mut mine = buf[r * n..(r + 1) * n].to_vec();
+            self.scatter(buf, &mut mine, root)
+        } else {
+            self.scatter(&[], buf, root)
+        }
+    }
+
+    /// Scatters blocks of `root`'s `send` (`counts[i]` elements at `displs[i]` to rank `i`)
+    /// (`MPI_Scatterv`).
+    pub fn scatterv<T: Pod>(
+        &self,
+        send: &[T],
+        counts: &[usize],
+        displs: &[usize],
+        recv: &mut [T],
+        root: u32,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_scatterv(send, counts, displs, recv, root)?)
+    }
+
+    /// Gathers every rank's `send` into every rank's `recv` (`MPI_Allgather`).
+    pub fn allgather<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
+        self.run_call(self.call_allgather(send, recv)?)
+    }
+
+    /// [`allgather`](Self::allgather) with `MPI_IN_PLACE`: each rank's block is already at its
+    /// place in `buf`.
+    pub fn allgather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
+        let n = buf.len() / self.size().max(1) as usize;
+        let r = self.rank() as usize;
+        let mine = buf[r * n..(r + 1) * n].to_vec();
+        self.allgather(&mine, buf)
+    }
+
+    /// Gathers blocks of varying length into every rank's `recv` (`MPI_Allgatherv`).
+    pub fn allgatherv<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<(), Error> {
+        self.run_call(self.call_allgatherv(send, recv, counts, displs)?)
+    }
+
+    /// Block `j` of rank `i`'s `send` becomes block `i` of rank `j`'s `recv` (`MPI_Alltoall`).
+    pub fn alltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
+        self.run_call(self.call_alltoall(send, recv)?)
+    }
+
+    /// [`alltoall`](Self::alltoall) with `MPI_IN_PLACE`.
+    pub fn alltoall_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.alltoall(&input, buf)
+    }
+
+    /// All-to-all with per-rank counts and displacements (`MPI_Alltoallv`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn alltoallv<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        send_displs: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+        recv_displs: &[usize],
+    ) -> Result<(), Error> {
+        self.run_call(self.call_alltoallv(
+            send,
+            send_counts,
+            send_displs,
+            recv,
+            recv_counts,
+            recv_displs,
+        )?)
+    }
+
+    /// Reduces `send` (size × `recv.len()` elements) and scatters block `i` of the result to
+    /// rank `i` (`MPI_Reduce_scatter_block`).
+    pub fn reduce_scatter_block<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_reduce_scatter_block(send, recv, op)?)
+    }
+
+    /// Reduces `send` and scatters `counts[i]` elements of the result to rank `i`
+    /// (`MPI_Reduce_scatter`).
+    pub fn reduce_scatter<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: O,
+    ) -> Result<(), Error> {
+        self.run_call(self.call_reduce_scatter(send, recv, counts, op)?)
+    }
+}
+
+/// Nonblocking collectives: like the blocking ones, with buffers lent for the scope.
+impl<'s> Scope<'s, '_> {
+    fn start(&self, call: Call<'s>) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let sched = c.schedule(&call.spec)?;
+        let coll = call.spec.coll();
+        let send = self.lender().lend_region(call.send);
+        let recv = self.lender().lend_region_mut(call.recv);
+        let run = c.new_run(sched, coll, send, recv, call.kernel);
+        let id = {
+            let mut p = c.state.progress();
+            let p = &mut *p;
+            let id = p.colls.insert(run);
+            p.colls.advance_all(&mut p.engine, &mut p.fabric);
+            id
+        };
+        Ok(CollRequest {
+            comm: c.clone(),
+            id,
+            active: true,
+            _scope: PhantomData,
+        })
+    }
+
+    /// `MPI_Ibarrier`.
+    pub fn ibarrier(&self) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_barrier())
+    }
+
+    /// `MPI_Ibcast`.
+    pub fn ibcast<T: Pod>(&self, buf: &'s mut [T], root: u32) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_bcast(buf, root)?)
+    }
+
+    /// `MPI_Ireduce`.
+    pub fn ireduce<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_reduce(send, recv, op, root)?)
+    }
+
+    /// `MPI_Iallreduce`.
+    pub fn iallreduce<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_allreduce(send, recv, op)?)
+    }
+
+    /// `MPI_Iscan`.
+    pub fn iscan<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_scan(send, recv, op, false)?)
+    }
+
+    /// `MPI_Iexscan`.
+    pub fn iexscan<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_scan(send, recv, op, true)?)
+    }
+
+    /// `MPI_Igather`.
+    pub fn igather<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_gather(send, recv, root)?)
+    }
+
+    /// `MPI_Igatherv`.
+    pub fn igatherv<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_gatherv(send, recv, counts, displs, root)?)
+    }
+
+    /// `MPI_Iscatter`.
+    pub fn iscatter<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_scatter(send, recv, root)?)
+    }
+
+    /// `MPI_Iscatterv`.
+    pub fn iscatterv<T: Pod>(
+        &self,
+        send: &'s [T],
+        counts: &[usize],
+        displs: &[usize],
+        recv: &'s mut [T],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(
+            self.comm()
+                .call_scatterv(send, counts, displs, recv, root)?,
+        )
+    }
+
+    /// `MPI_Iallgather`.
+    pub fn iallgather<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_allgather(send, recv)?)
+    }
+
+    /// `MPI_Iallgatherv`.
+    pub fn iallgatherv<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_allgatherv(send, recv, counts, displs)?)
+    }
+
+    /// `MPI_Ialltoall`.
+    pub fn ialltoall<T: Pod>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_alltoall(send, recv)?)
+    }
+
+    /// `MPI_Ialltoallv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ialltoallv<T: Pod>(
+        &self,
+        send: &'s [T],
+        send_counts: &[usize],
+        send_displs: &[usize],
+        recv: &'s mut [T],
+        recv_counts: &[usize],
+        recv_displs: &[usize],
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_alltoallv(
+            send,
+            send_counts,
+            send_displs,
+            recv,
+            recv_counts,
+            recv_displs,
+        )?)
+    }
+
+    /// `MPI_Ireduce_scatter_block`.
+    pub fn ireduce_scatter_block<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_reduce_scatter_block(send, recv, op)?)
+    }
+
+    /// `MPI_Ireduce_scatter`.
+    pub fn ireduce_scatter<T: Pod, O: ReduceOp<T>>(
+        &self,
+        send: &'s [T],
+        recv: &'s mut [T],
+        counts: &[usize],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        self.start(self.comm().call_reduce_scatter(send, recv, counts, op)?)
+    }
+
+    /// Starts a persistent collective (`MPI_Start`) on buffers of the lengths it was made for.
+    pub fn start_persistent<T: Pod>(
+        &self,
+        plan: &Persistent<T>,
+        send: &'s [T],
+        recv: &'s mut [T],
+    ) -> Result<CollRequest<'s>, Error> {
+        plan.check(send, recv)?;
+        let c = self.comm();
+        let run = c.new_run(
+            plan.sched.clone(),
+            plan.spec.coll(),
+            self.lender().lend_region(bytes(send)),
+            self.lender().lend_region_mut(bytes_mut(recv)),
+            plan.kernel.clone(),
+        );
+        let id = {
+            let mut p = c.state.progress();
+            let p = &mut *p;
+            let id = p.colls.insert(run);
+            p.colls.advance_all(&mut p.engine, &mut p.fabric);
+            id
+        };
+        Ok(CollRequest {
+            comm: c.clone(),
+            id,
+            active: true,
+            _scope: PhantomData,
+        })
+    }
+}
+
+/// A persistent collective (`MPI_Allreduce_init` and friends): arguments checked, algorithm
+/// chosen and schedule built once; each [`run`](Self::run) or
+/// [`Scope::start_persistent`] executes it on buffers of the same lengths.
+pub struct Persistent<T> {
+    comm: Communicator,
+    spec: Spec,
+    sched: Rc<Schedule>,
+    kernel: Option<Rc<dyn Kernel>>,
+    send_len: usize,
+    recv_len: usize,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Persistent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Persistent({:?})", self.spec.coll())
+    }
+}
+
+impl<T: Pod> Persistent<T> {
+    fn new(
+        comm: &Communicator,
+        call: Call<'_>,
+        send_len: usize,
+        recv_len: usize,
+    ) -> Result<Self, Error> {
+        let sched = comm.schedule(&call.spec)?;
+        Ok(Self {
+            comm: comm.clone(),
+            spec: call.spec,
+            sched,
+            kernel: call.kernel,
+            send_len,
+            recv_len,
+            _t: PhantomData,
+        })
+    }
+
+    fn check(&self, send: &[T], recv: &[T]) -> Result<(), Error> {
+        let what = "persistent collective";
+        len_check(what, "send", send.len(), self.send_len)?;
+        len_check(what, "receive", recv.len(), self.recv_len)
+    }
+
+    /// Runs the collective once and waits for it.
+    pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
+        self.check(send, recv)?;
+        let c = &self.comm;
+        lend_scope(
+            |l| {
+                let run = c.new_run(
+                    self.sched.clone(),
+                    self.spec.coll(),
+                    l.lend_region(bytes(send)),
+                    l.lend_region_mut(bytes_mut(recv)),
+                    self.kernel.clone(),
+                );
+                c.drive(run)
+            },
+            |done| c.state.wait_until(|_| done()),
+        )
+    }
+}
+
+/// Persistent collectives (MPI-4 `MPI_*_init`): made from element counts, run many times.
+impl Communicator {
+    /// `MPI_Barrier_init`: run with empty buffers.
+    pub fn barrier_init(&self) -> Result<Persistent<u8>, Error> {
+        Persistent::new(self, self.call_barrier(), 0, 0)
+    }
+
+    /// `MPI_Bcast_init` for `count` elements: run with an empty `send` and the buffer as `recv`.
+    pub fn bcast_init<T: Pod>(&self, count: usize, root: u32) -> Result<Persistent<T>, Error> {
+        let mut v = vec![T::zeroed(); count];
+        Persistent::new(self, self.call_bcast(&mut v, root)?, 0, count)
+    }
+
+    /// `MPI_Allreduce_init` for `count` elements.
+    pub fn allreduce_init<T: Pod, O: ReduceOp<T>>(
+        &self,
+        count: usize,
+        op: O,
+    ) -> Result<Persistent<T>, Error> {
+        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count]);
+        Persistent::new(self, self.call_allreduce(&s, &mut r, op)?, count, count)
+    }
+
+    /// `MPI_Reduce_init` for `count` elements (`recv` of `count` at the root, empty elsewhere).
+    pub fn reduce_init<T: Pod, O: ReduceOp<T>>(
+        &self,
+        count: usize,
+        op: O,
+        root: u32,
+    ) -> Result<Persistent<T>, Error> {
+        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count]);
+        let recv = if self.rank() == root { count } else { 0 };
+        Persistent::new(self, self.call_reduce(&s, &mut r, op, root)?, count, recv)
+    }
+
+    /// `MPI_Allgather_init` for blocks of `count` elements.
+    pub fn allgather_init<T: Pod>(&self, count: usize) -> Result<Persistent<T>, Error> {
+        let p = self.size() as usize;
+        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count * p]);
+        Persistent::new(self, self.call_allgather(&s, &mut r)?, count, count * p)
+    }
+
+    /// `MPI_Alltoall_init` for blocks of `count` elements.
+    pub fn alltoall_init<T: Pod>(&self, count: usize) -> Result<Persistent<T>, Error> {
+        let n = count * self.size() as usize;
+        let (s, mut r) = (vec![T::zeroed(); n], vec![T::zeroed(); n]);
+        Persistent::new(self, self.call_alltoall(&s, &mut r)?, n, n)
+    }
+}
