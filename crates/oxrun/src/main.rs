@@ -47,8 +47,12 @@ struct Args {
     /// Seconds every rank has to reach the key-value service once one has (bootstrap timeout).
     #[arg(long, default_value_t = 60.0)]
     boot_timeout: f64,
+    /// Print the collective selection table in effect (OXMPI_COLL_TABLE, OXMPI_COLL_<NAME>)
+    /// and the registered algorithms, then exit.
+    #[arg(long)]
+    coll_table: bool,
     /// The program and its arguments.
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required_unless_present = "coll_table", num_args = 1.., allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
@@ -301,5 +305,17 @@ fn run(args: Args) -> i32 {
 
 fn main() {
     let args = Args::parse();
+    if args.coll_table {
+        match oxmpi_collectives::Table::from_env() {
+            Ok(t) => {
+                print!("{}", t.describe());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("oxrun: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     std::process::exit(run(args));
 }
