@@ -650,8 +650,8 @@ impl Communicator {
         if let Some(name) = forced {
             return registry::forced(spec, &name).map_err(Error::Algorithm);
         }
-        if let Some(name) = registry::forced_from_env(coll) {
-            return registry::forced(spec, &name)
+        if let Some((_, name)) = self.state.forced_env.iter().find(|(c, _)| *c == coll) {
+            return registry::forced(spec, name)
                 .map_err(|e| Error::Algorithm(format!("{}: {e}", registry::env_name(coll))));
         }
         Ok(self

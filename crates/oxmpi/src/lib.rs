@@ -151,6 +151,10 @@ impl Universe {
             size,
             policy: WaitPolicy::new(local, cores, sockets_only),
             table,
+            forced_env: oxmpi_collectives::Coll::ALL
+                .into_iter()
+                .filter_map(|c| oxmpi_collectives::registry::forced_from_env(c).map(|a| (c, a)))
+                .collect(),
             topo,
             free_ctx: RefCell::new(comm_create::all_free()),
         };

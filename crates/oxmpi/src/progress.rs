@@ -137,6 +137,8 @@ pub(crate) struct State {
     pub policy: WaitPolicy,
     /// The collective selection table.
     pub table: Table,
+    /// Algorithms forced by `OXMPI_COLL_<NAME>`, read once at start-up.
+    pub forced_env: Vec<(oxmpi_collectives::Coll, String)>,
     /// Which world ranks share a node.
     pub topo: Topology,
     /// Free context ids (see `comm_create`): bit `i` of word `i / 64` set when free.
