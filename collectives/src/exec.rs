@@ -12,7 +12,7 @@
 use crate::ops::Kernel;
 use crate::schedule::{Buf, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, Region, RegionError};
-use oxmpi_p2p::{Engine, P2pError, ReqId, SendMode};
+use oxmpi_p2p::{Engine, P2pError, ReqId};
 use std::rc::Rc;
 
 /// Why a collective failed on this rank.
@@ -81,7 +81,9 @@ struct Pending {
 /// One execution of a schedule.
 pub struct Run {
     sched: Rc<Schedule>,
-    regions: Vec<Region>,
+    /// The caller's send and receive buffers; dropped as soon as the run finishes.
+    io: Option<(Region, Region)>,
+    temps: Vec<Region>,
     kernel: Option<Rc<dyn Kernel>>,
     route: Route,
     next_round: usize,
@@ -90,7 +92,7 @@ pub struct Run {
 }
 
 impl Run {
-    /// A run of `sched` on `send` and `recv` (temporaries are allocated here), reducing with
+    /// A run of `sched` on `send` and `recv`, with temporaries from `pool`, reducing with
     /// `kernel` if the schedule reduces.
     pub fn new(
         sched: Rc<Schedule>,
@@ -98,14 +100,13 @@ impl Run {
         recv: Region,
         kernel: Option<Rc<dyn Kernel>>,
         route: Route,
+        pool: &mut TempPool,
     ) -> Self {
-        let mut regions = Vec::with_capacity(2 + sched.temps.len());
-        regions.push(send);
-        regions.push(recv);
-        regions.extend(sched.temps.iter().map(|&n| Region::alloc(n)));
+        let temps = sched.temps.iter().map(|&n| pool.take(n)).collect();
         Self {
             sched,
-            regions,
+            io: Some((send, recv)),
+            temps,
             kernel,
             route,
             next_round: 0,
@@ -115,10 +116,23 @@ impl Run {
     }
 
     fn region(&self, b: Buf) -> &Region {
+        let io = self
+            .io
+            .as_ref()
+            .expect("a running schedule has its buffers");
         match b {
-            Buf::Send => &self.regions[0],
-            Buf::Recv => &self.regions[1],
-            Buf::Tmp(i) => &self.regions[2 + i as usize],
+            Buf::Send => &io.0,
+            Buf::Recv => &io.1,
+            Buf::Tmp(i) => &self.temps[i as usize],
+        }
+    }
+
+    /// Gives the temporaries of a finished run back to `pool`.
+    pub fn reclaim(&mut self, pool: &mut TempPool) {
+        if self.is_done() {
+            for t in self.temps.drain(..) {
+                pool.give(t);
+            }
         }
     }
 
@@ -165,8 +179,8 @@ impl Run {
                 return false;
             }
             if self.error.is_some() || self.next_round == self.sched.rounds.len() {
-                // Done: hand the buffers back now (a lending scope waits for them).
-                self.regions.clear();
+                // Done: hand the caller's buffers back now (a lending scope waits for them).
+                self.io = None;
                 return true;
             }
             let sched = self.sched.clone();
@@ -200,7 +214,7 @@ impl Run {
                 // path below then reports it on the request.
                 if !matches!(sent, Ok(true)) {
                     let mem = region.view(span.range()).map_err(CollError::Region)?;
-                    let id = engine.isend(ctx, dest, tag, mem, SendMode::Standard);
+                    let id = engine.isend_exchange(ctx, dest, tag, mem);
                     self.pending.push(Pending {
                         id,
                         peer,
@@ -251,5 +265,45 @@ impl Run {
             f,
         )
         .map_err(CollError::Region)
+    }
+}
+
+/// Temporaries kept between runs, so a repeated collective neither allocates nor faults in
+/// fresh pages. Bounded in total size; larger requests than any kept buffer allocate.
+#[derive(Default)]
+pub struct TempPool {
+    free: Vec<Region>,
+    bytes: usize,
+}
+
+/// Most bytes a pool keeps.
+const POOL_MAX_BYTES: usize = 256 << 20;
+
+impl TempPool {
+    /// A temporary of at least `len` bytes (contents unspecified).
+    pub fn take(&mut self, len: usize) -> Region {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.len() >= len)
+            .min_by_key(|(_, r)| r.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let r = self.free.swap_remove(i);
+                self.bytes -= r.len();
+                r
+            }
+            None => Region::alloc(len),
+        }
+    }
+
+    /// Returns a temporary for reuse (dropped if the pool is full or it is still shared).
+    pub fn give(&mut self, r: Region) {
+        if r.is_unique() && self.bytes + r.len() <= POOL_MAX_BYTES {
+            self.bytes += r.len();
+            self.free.push(r);
+        }
     }
 }

@@ -267,200 +267,47 @@ const fn algo(
 }
 
 /// Every algorithm, by collective.
+#[rustfmt::skip]
 pub static ALGORITHMS: &[AlgoInfo] = &[
-    algo(
-        Coll::Barrier,
-        "dissemination",
-        false,
-        "ceil(log2 p) rounds of signals",
-    ),
-    algo(
-        Coll::Barrier,
-        "hierarchical",
-        false,
-        "node fan-in, leaders' dissemination, fan-out",
-    ),
-    algo(
-        Coll::Bcast,
-        "binomial",
-        false,
-        "binomial tree, whole message per edge",
-    ),
-    algo(
-        Coll::Bcast,
-        "scatter_allgather",
-        false,
-        "binomial scatter + ring allgather (van de Geijn)",
-    ),
-    algo(
-        Coll::Bcast,
-        "hierarchical",
-        false,
-        "binomial among node leaders, then within nodes",
-    ),
-    algo(
-        Coll::Reduce,
-        "binomial",
-        false,
-        "binomial tree (rank order kept via rank 0)",
-    ),
-    algo(
-        Coll::Reduce,
-        "rabenseifner",
-        true,
-        "recursive-halving reduce-scatter + binomial gather",
-    ),
-    algo(
-        Coll::Reduce,
-        "hierarchical",
-        true,
-        "binomial within nodes, then among leaders",
-    ),
-    algo(
-        Coll::Allreduce,
-        "recursive_doubling",
-        false,
-        "log2 p full-vector exchanges",
-    ),
-    algo(
-        Coll::Allreduce,
-        "rabenseifner",
-        true,
-        "recursive halving + recursive doubling",
-    ),
-    algo(
-        Coll::Allreduce,
-        "ring",
-        true,
-        "ring reduce-scatter + ring allgather",
-    ),
-    algo(
-        Coll::Allreduce,
-        "hierarchical",
-        true,
-        "reduce to node leaders, leaders' allreduce, node bcast",
-    ),
-    algo(
-        Coll::Gather,
-        "binomial",
-        false,
-        "binomial tree, subtrees' blocks in one message",
-    ),
-    algo(
-        Coll::Gather,
-        "linear",
-        false,
-        "root receives from each rank",
-    ),
-    algo(
-        Coll::Gatherv,
-        "linear",
-        false,
-        "root receives from each rank",
-    ),
-    algo(
-        Coll::Scatter,
-        "binomial",
-        false,
-        "binomial tree, subtrees' blocks in one message",
-    ),
+    algo(Coll::Barrier, "dissemination", false, "ceil(log2 p) rounds of signals"),
+    algo(Coll::Barrier, "hierarchical", false, "node fan-in, leaders' dissemination, fan-out"),
+    algo(Coll::Bcast, "binomial", false, "binomial tree, whole message per edge"),
+    algo(Coll::Bcast, "scatter_allgather", false, "binomial scatter + ring allgather (van de Geijn)"),
+    algo(Coll::Bcast, "pipelined", false, "binomial tree in 64 KiB segments, forwarded as they arrive"),
+    algo(Coll::Bcast, "hierarchical", false, "binomial among node leaders, then within nodes"),
+    algo(Coll::Reduce, "binomial", false, "binomial tree (rank order kept via rank 0)"),
+    algo(Coll::Reduce, "rabenseifner", true, "recursive-halving reduce-scatter + binomial gather"),
+    algo(Coll::Reduce, "hierarchical", true, "binomial within nodes, then among leaders"),
+    algo(Coll::Allreduce, "recursive_doubling", false, "log2 p full-vector exchanges"),
+    algo(Coll::Allreduce, "rabenseifner", true, "recursive halving + recursive doubling"),
+    algo(Coll::Allreduce, "ring", true, "ring reduce-scatter + ring allgather"),
+    algo(Coll::Allreduce, "hierarchical", true, "reduce to node leaders, leaders' allreduce, node bcast"),
+    algo(Coll::Gather, "binomial", false, "binomial tree, subtrees' blocks in one message"),
+    algo(Coll::Gather, "linear", false, "root receives from each rank"),
+    algo(Coll::Gatherv, "linear", false, "root receives from each rank"),
+    algo(Coll::Scatter, "binomial", false, "binomial tree, subtrees' blocks in one message"),
     algo(Coll::Scatter, "linear", false, "root sends to each rank"),
     algo(Coll::Scatterv, "linear", false, "root sends to each rank"),
-    algo(
-        Coll::Allgather,
-        "recursive_doubling",
-        false,
-        "log2 p doubling exchanges (folded)",
-    ),
-    algo(
-        Coll::Allgather,
-        "bruck",
-        false,
-        "ceil(log2 p) rounds, rotated blocks",
-    ),
+    algo(Coll::Allgather, "recursive_doubling", false, "log2 p doubling exchanges (folded)"),
+    algo(Coll::Allgather, "bruck", false, "ceil(log2 p) rounds, rotated blocks"),
     algo(Coll::Allgather, "ring", false, "p - 1 steps around a ring"),
     algo(Coll::Allgatherv, "ring", false, "p - 1 steps around a ring"),
-    algo(
-        Coll::Allgatherv,
-        "recursive_doubling",
-        false,
-        "log2 p doubling exchanges (folded)",
-    ),
-    algo(
-        Coll::Allgatherv,
-        "bruck",
-        false,
-        "ceil(log2 p) rounds, rotated blocks",
-    ),
-    algo(
-        Coll::Alltoall,
-        "bruck",
-        false,
-        "ceil(log2 p) rounds of packed blocks",
-    ),
+    algo(Coll::Allgatherv, "recursive_doubling", false, "log2 p doubling exchanges (folded)"),
+    algo(Coll::Allgatherv, "bruck", false, "ceil(log2 p) rounds, rotated blocks"),
+    algo(Coll::Alltoall, "bruck", false, "ceil(log2 p) rounds of packed blocks"),
     algo(Coll::Alltoall, "pairwise", false, "p - 1 exchange steps"),
-    algo(
-        Coll::Alltoall,
-        "linear",
-        false,
-        "every exchange posted at once",
-    ),
+    algo(Coll::Alltoall, "linear", false, "every exchange posted at once"),
     algo(Coll::Alltoallv, "pairwise", false, "p - 1 exchange steps"),
-    algo(
-        Coll::Alltoallv,
-        "linear",
-        false,
-        "every exchange posted at once",
-    ),
-    algo(
-        Coll::ReduceScatter,
-        "recursive_halving",
-        true,
-        "recursive halving (folded)",
-    ),
-    algo(
-        Coll::ReduceScatter,
-        "pairwise",
-        true,
-        "p - 1 exchange-and-reduce steps",
-    ),
-    algo(
-        Coll::ReduceScatter,
-        "reduce_scatter",
-        false,
-        "binomial reduce to rank 0, then scatter",
-    ),
-    algo(
-        Coll::ReduceScatterBlock,
-        "recursive_halving",
-        true,
-        "recursive halving (folded)",
-    ),
-    algo(
-        Coll::ReduceScatterBlock,
-        "pairwise",
-        true,
-        "p - 1 exchange-and-reduce steps",
-    ),
-    algo(
-        Coll::ReduceScatterBlock,
-        "reduce_scatter",
-        false,
-        "binomial reduce to rank 0, then scatter",
-    ),
-    algo(
-        Coll::Scan,
-        "recursive_doubling",
-        false,
-        "log2 p exchanges (MPICH's)",
-    ),
+    algo(Coll::Alltoallv, "linear", false, "every exchange posted at once"),
+    algo(Coll::ReduceScatter, "recursive_halving", true, "recursive halving (folded)"),
+    algo(Coll::ReduceScatter, "pairwise", true, "p - 1 exchange-and-reduce steps"),
+    algo(Coll::ReduceScatter, "reduce_scatter", false, "binomial reduce to rank 0, then scatter"),
+    algo(Coll::ReduceScatterBlock, "recursive_halving", true, "recursive halving (folded)"),
+    algo(Coll::ReduceScatterBlock, "pairwise", true, "p - 1 exchange-and-reduce steps"),
+    algo(Coll::ReduceScatterBlock, "reduce_scatter", false, "binomial reduce to rank 0, then scatter"),
+    algo(Coll::Scan, "recursive_doubling", false, "log2 p exchanges (MPICH's)"),
     algo(Coll::Scan, "linear", false, "chain through the ranks"),
-    algo(
-        Coll::Exscan,
-        "recursive_doubling",
-        false,
-        "log2 p exchanges (MPICH's)",
-    ),
+    algo(Coll::Exscan, "recursive_doubling", false, "log2 p exchanges (MPICH's)"),
     algo(Coll::Exscan, "linear", false, "chain through the ranks"),
 ];
 
@@ -540,27 +387,30 @@ pub const DEFAULT_TABLE: &str = "\
 barrier               *      *          >=2    >=2   hierarchical
 barrier               *      *          *      *     dissemination
 bcast                 *      *          >=2    >=2   hierarchical
-bcast                 <=3    *          *      *     binomial
-bcast                 *      <=16384    *      *     binomial
+bcast                 <=8    *          *      *     binomial
+bcast                 *      <=65536    *      *     binomial
 bcast                 *      *          *      *     scatter_allgather
 reduce                *      *          >=2    >=2   hierarchical
+reduce                <=8    *          *      *     binomial
 reduce                *      <=65536    *      *     binomial
 reduce                *      *          *      *     rabenseifner
 allreduce             *      *          >=2    >=2   hierarchical
 allreduce             *      <=8192     *      *     recursive_doubling
+allreduce             <=8    *          *      *     rabenseifner
 allreduce             *      <=1048576  *      *     rabenseifner
 allreduce             *      *          *      *     ring
 gather                *      *          *      *     binomial
 gatherv               *      *          *      *     linear
 scatter               *      *          *      *     binomial
 scatterv              *      *          *      *     linear
-allgather             *      <=1024     *      *     bruck
+allgather             >=16   <=1024     *      *     bruck
+allgather             *      <=4096     *      *     recursive_doubling
 allgather             *      *          *      *     ring
 allgatherv            *      *          *      *     ring
-alltoall              *      <=256      *      *     bruck
-alltoall              <=4    *          *      *     linear
+alltoall              >=16   <=256      *      *     bruck
+alltoall              <=8    *          *      *     linear
 alltoall              *      *          *      *     pairwise
-alltoallv             <=4    *          *      *     linear
+alltoallv             <=8    *          *      *     linear
 alltoallv             *      *          *      *     pairwise
 reduce_scatter        *      *          *      *     recursive_halving
 reduce_scatter_block  *      *          *      *     recursive_halving
@@ -713,6 +563,9 @@ pub fn forced(spec: &Spec, name: &str) -> Result<&'static AlgoInfo, String> {
     }
 }
 
+/// Segment size of the pipelined broadcast.
+pub const BCAST_SEGMENT: usize = 64 * 1024;
+
 /// Builds `algo`'s schedule for `spec` on rank `rank` of `size`.
 pub fn build(spec: &Spec, algo: &AlgoInfo, rank: u32, size: u32, topo: &Topology) -> Schedule {
     let mut b = Builder::new();
@@ -728,6 +581,7 @@ pub fn build(spec: &Spec, algo: &AlgoInfo, rank: u32, size: u32, topo: &Topology
             let d = full(Buf::Recv, *bytes);
             match name {
                 "scatter_allgather" => bcast::scatter_allgather(&mut b, &g, *root, d),
+                "pipelined" => bcast::pipelined(&mut b, &g, *root, d, BCAST_SEGMENT),
                 "hierarchical" => bcast::hierarchical(&mut b, rank, *root, topo, d),
                 _ => bcast::binomial(&mut b, &g, *root, d),
             }
@@ -882,7 +736,11 @@ mod tests {
         };
         assert_eq!(t.select(&ar(8, true), 4, &flat).name, "recursive_doubling");
         assert_eq!(t.select(&ar(1 << 16, true), 4, &flat).name, "rabenseifner");
-        assert_eq!(t.select(&ar(4 << 20, true), 4, &flat).name, "ring");
+        assert_eq!(t.select(&ar(4 << 20, true), 4, &flat).name, "rabenseifner");
+        assert_eq!(
+            t.select(&ar(4 << 20, true), 32, &Topology::flat(32)).name,
+            "ring"
+        );
         // Non-commutative ops fall through to an algorithm that keeps rank order.
         assert_eq!(
             t.select(&ar(4 << 20, false), 4, &flat).name,

@@ -33,6 +33,7 @@ fn run(
     let mut fabrics = loopback::world_with(p, 48, 200, 512);
     let mut engines: Vec<Engine> = fabrics.iter().map(|f| Engine::for_fabric(f)).collect();
     let mut runs = Vec::new();
+    let mut pool = oxmpi_collectives::exec::TempPool::default();
     let mut outs = Vec::new();
     for r in 0..p {
         let s = spec(r);
@@ -53,7 +54,7 @@ fn run(
             tag: 77,
             world: Rc::from(Vec::new()),
         };
-        runs.push(Run::new(sched, sr, rr, kernel.clone(), route));
+        runs.push(Run::new(sched, sr, rr, kernel.clone(), route, &mut pool));
     }
     let mut done = vec![false; p as usize];
     for _ in 0..200_000 {

@@ -507,6 +507,11 @@ impl Region {
         self.0.len == 0
     }
 
+    /// Whether this is the only handle on the region (no view or clone holds it).
+    pub fn is_unique(&self) -> bool {
+        Rc::strong_count(&self.0) == 1
+    }
+
     /// Whether `other` is a handle on the same region.
     pub fn same(&self, other: &Region) -> bool {
         Rc::ptr_eq(&self.0, &other.0)

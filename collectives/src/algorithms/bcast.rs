@@ -30,6 +30,55 @@ pub fn binomial(b: &mut Builder, g: &Group, root: u32, data: Span) {
     b.round();
 }
 
+/// Segmented binomial tree: the message moves in `segment`-byte pieces, and each rank
+/// forwards piece `k` to its children while it receives piece `k + 1`, so the tree's depth
+/// costs one piece's time instead of the whole message's.
+pub fn pipelined(b: &mut Builder, g: &Group, root: u32, data: Span, segment: usize) {
+    let p = g.size();
+    if p == 1 {
+        return;
+    }
+    let segment = segment.max(1);
+    let pieces = data.len.div_ceil(segment).max(1);
+    let piece = |k: usize| {
+        let lo = (k * segment).min(data.len);
+        data.sub(lo, (lo + segment).min(data.len) - lo)
+    };
+    let vr = (g.rank + p - root) % p;
+    let real = |v: u32| (v + root) % p;
+    let (parent, top) = if vr == 0 {
+        (None, p.next_power_of_two())
+    } else {
+        let mask = lowbit(vr);
+        (Some(real(vr - mask)), mask)
+    };
+    let mut children = Vec::new();
+    let mut mask = top >> 1;
+    while mask > 0 {
+        if vr + mask < p {
+            children.push(real(vr + mask));
+        }
+        mask >>= 1;
+    }
+    // Round k: forward piece k - 1, receive piece k.
+    for k in 0..=pieces {
+        if k > 0 || parent.is_none() {
+            let fwd = if parent.is_none() { k } else { k - 1 };
+            if fwd < pieces {
+                for &c in &children {
+                    b.send(g, c, piece(fwd));
+                }
+            }
+        }
+        if let Some(par) = parent {
+            if k < pieces {
+                b.recv(g, par, piece(k));
+            }
+        }
+        b.round();
+    }
+}
+
 /// Scatter + allgather: the root scatters `p` chunks down a binomial tree, then a ring
 /// allgather circulates them; about `2 n` bytes per rank instead of `n log p`.
 pub fn scatter_allgather(b: &mut Builder, g: &Group, root: u32, data: Span) {

@@ -17,6 +17,7 @@ use crate::request::Scope;
 use crate::Error;
 use bytemuck::Pod;
 use oxmpi_collectives::algorithms::Blocks;
+use oxmpi_collectives::exec::TempPool;
 use oxmpi_collectives::registry::{self, AlgoInfo, Coll, Spec};
 use oxmpi_collectives::{CollError, Kernel, ReduceOp, Route, Run, Schedule, TypedKernel};
 use oxmpi_fabric::{lend_scope, Fabric, Region};
@@ -30,6 +31,8 @@ pub(crate) struct CollRuns {
     slots: Vec<Slot>,
     /// Runs not finished yet.
     active: usize,
+    /// Temporaries for the next runs (blocking ones too).
+    pub pool: TempPool,
 }
 
 #[derive(Default)]
@@ -81,6 +84,7 @@ impl CollRuns {
                 continue;
             }
             if run.advance(engine, fabric) {
+                run.reclaim(&mut self.pool);
                 self.active -= 1;
                 if s.detached {
                     s.run = None;
@@ -703,7 +707,9 @@ impl Communicator {
         recv: Region,
         kernel: Option<Rc<dyn Kernel>>,
     ) -> Run {
-        Run::new(sched, send, recv, kernel, self.route(coll))
+        let route = self.route(coll);
+        let mut p = self.state.progress();
+        Run::new(sched, send, recv, kernel, route, &mut p.colls.pool)
     }
 
     /// Runs `run` to completion.
@@ -719,6 +725,7 @@ impl Communicator {
                 run.advance(&mut p.engine, &mut p.fabric)
             });
         }
+        run.reclaim(&mut self.state.progress().colls.pool);
         run.result().map_err(|e| self.coll_error(e))
     }
 

@@ -376,6 +376,25 @@ impl Engine {
 
     /// Starts a send of `data` to `dest` (`MPI_Isend` / `MPI_Issend`).
     pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
+        self.isend_with(ctx, dest, tag, data, mode, false)
+    }
+
+    /// [`isend`](Self::isend) for a message sent while traffic flows both ways (collectives):
+    /// large messages take the remote-read protocol wherever the fabric offers it
+    /// ([`ProtocolConfig::select_exchange`]).
+    pub fn isend_exchange(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, true)
+    }
+
+    fn isend_with(
+        &mut self,
+        ctx: u32,
+        dest: Rank,
+        tag: i32,
+        data: MemRef,
+        mode: SendMode,
+        exchange: bool,
+    ) -> ReqId {
         let len = data.len() as u64;
         let sync = mode == SendMode::Synchronous;
         let status = Status {
@@ -386,7 +405,12 @@ impl Engine {
         if dest == self.rank {
             return self.isend_self(ctx, tag, data, sync);
         }
-        let proto = self.config[dest as usize].select(data.len());
+        let cfg = &self.config[dest as usize];
+        let proto = if exchange {
+            cfg.select_exchange(data.len())
+        } else {
+            cfg.select(data.len())
+        };
         let seq = self.send_seq[dest as usize];
         self.send_seq[dest as usize] = seq.wrapping_add(1);
         let id = self.alloc(SlotState::Send(SendReq {

@@ -75,6 +75,20 @@ impl ProtocolConfig {
         }
     }
 
+    /// The protocol for a message of `len` bytes sent while traffic flows both ways (a
+    /// collective's exchanges): a remote read from `read_min` up, with no upper limit. The
+    /// pipeline's two copies beat one read only when the other direction is idle; when both
+    /// ranks are sending, each one copying once (its reads) costs half as much.
+    pub fn select_exchange(&self, len: usize) -> Protocol {
+        if len <= self.eager_max {
+            Protocol::Eager
+        } else if self.read_min <= self.read_max && len >= self.read_min {
+            Protocol::RndvRead
+        } else {
+            Protocol::RndvPipeline
+        }
+    }
+
     /// The protocol for a message of `len` bytes.
     pub fn select(&self, len: usize) -> Protocol {
         if len <= self.eager_max {
@@ -105,5 +119,13 @@ mod tests {
         assert_eq!(c.select(1000), Protocol::RndvRead);
         assert_eq!(c.select(5000), Protocol::RndvRead);
         assert_eq!(c.select(5001), Protocol::RndvPipeline);
+        assert_eq!(c.select_exchange(5001), Protocol::RndvRead);
+        assert_eq!(c.select_exchange(999), Protocol::RndvPipeline);
+        let no_rma = ProtocolConfig {
+            read_min: usize::MAX,
+            read_max: 0,
+            ..c
+        };
+        assert_eq!(no_rma.select_exchange(1 << 30), Protocol::RndvPipeline);
     }
 }
