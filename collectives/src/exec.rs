@@ -102,7 +102,9 @@ impl Run {
         route: Route,
         pool: &mut TempPool,
     ) -> Self {
-        let temps = sched.temps.iter().map(|&n| pool.take(n)).collect();
+        let mut temps = pool.spare_temps.pop().unwrap_or_default();
+        temps.extend(sched.temps.iter().map(|&n| pool.take(n)));
+        let pending = pool.spare_pending.pop().unwrap_or_default();
         Self {
             sched,
             io: Some((send, recv)),
@@ -110,7 +112,7 @@ impl Run {
             kernel,
             route,
             next_round: 0,
-            pending: Vec::new(),
+            pending,
             error: None,
         }
     }
@@ -132,6 +134,12 @@ impl Run {
         if self.is_done() {
             for t in self.temps.drain(..) {
                 pool.give(t);
+            }
+            if pool.spare_temps.len() < SPARE_VECS {
+                pool.spare_temps.push(std::mem::take(&mut self.temps));
+            }
+            if pool.spare_pending.len() < SPARE_VECS && self.pending.capacity() > 0 {
+                pool.spare_pending.push(std::mem::take(&mut self.pending));
             }
         }
     }
@@ -274,7 +282,13 @@ impl Run {
 pub struct TempPool {
     free: Vec<Region>,
     bytes: usize,
+    /// Empty vectors of finished runs, for the next ones.
+    spare_temps: Vec<Vec<Region>>,
+    spare_pending: Vec<Vec<Pending>>,
 }
+
+/// Spare vectors a pool keeps.
+const SPARE_VECS: usize = 8;
 
 /// Most bytes a pool keeps.
 const POOL_MAX_BYTES: usize = 256 << 20;

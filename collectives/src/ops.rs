@@ -246,6 +246,10 @@ pub trait ReduceOp<T>: Clone + 'static {
     fn check(&self) -> Result<(), String>;
     /// `into = from op into` when `from_left`, else `into = into op from`, element-wise.
     fn apply(&self, from: &[T], into: &mut [T], from_left: bool);
+    /// The builtin op this is, if it is one (its kernels can be shared).
+    fn builtin(&self) -> Option<Op> {
+        None
+    }
 }
 
 impl<T: Reducible> ReduceOp<T> for Op {
@@ -266,6 +270,9 @@ impl<T: Reducible> ReduceOp<T> for Op {
     #[inline]
     fn apply(&self, from: &[T], into: &mut [T], _from_left: bool) {
         T::reduce(*self, from, into)
+    }
+    fn builtin(&self) -> Option<Op> {
+        Some(*self)
     }
 }
 

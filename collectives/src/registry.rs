@@ -376,7 +376,7 @@ pub struct Rule {
     pub bytes: Cond,
     pub nodes: Cond,
     pub ppn: Cond,
-    pub algo: &'static str,
+    pub algo: &'static AlgoInfo,
 }
 
 /// The built-in selection table (measured on shared memory and TCP loopback; see
@@ -443,8 +443,7 @@ impl Table {
             let coll = Coll::from_name(f[0])
                 .ok_or_else(|| at(format!("unknown collective '{}'", f[0])))?;
             let algo = find(coll, f[5])
-                .ok_or_else(|| at(format!("{} has no algorithm '{}'", f[0], f[5])))?
-                .name;
+                .ok_or_else(|| at(format!("{} has no algorithm '{}'", f[0], f[5])))?;
             rules.push(Rule {
                 coll,
                 size: Cond::parse(f[1]).map_err(at)?,
@@ -496,7 +495,7 @@ impl Table {
                     && r.nodes.holds(nodes)
                     && r.ppn.holds(ppn)
             })
-            .filter_map(|r| find(coll, r.algo))
+            .map(|r| r.algo)
             .chain(algorithms(coll))
             .find(|a| a.refuses(spec).is_none())
             .expect("every collective has an algorithm for every call")
@@ -514,7 +513,7 @@ impl Table {
                 r.bytes.to_string(),
                 r.nodes.to_string(),
                 r.ppn.to_string(),
-                r.algo
+                r.algo.name
             ));
         }
         for c in Coll::ALL {

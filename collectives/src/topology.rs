@@ -4,13 +4,26 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     node_of: Vec<u32>,
+    nodes: u32,
+    max_ppn: u32,
 }
 
 impl Topology {
     /// Every rank on one node.
     pub fn flat(size: u32) -> Self {
+        Self::new(vec![0; size as usize])
+    }
+
+    fn new(node_of: Vec<u32>) -> Self {
+        let nodes = node_of.iter().max().map_or(0, |m| m + 1);
+        let max_ppn = (0..nodes)
+            .map(|n| node_of.iter().filter(|&&x| x == n).count() as u32)
+            .max()
+            .unwrap_or(0);
         Self {
-            node_of: vec![0; size as usize],
+            node_of,
+            nodes,
+            max_ppn,
         }
     }
 
@@ -27,16 +40,14 @@ impl Topology {
                 }
             })
             .collect();
-        Self { node_of }
+        Self::new(node_of)
     }
 
     /// Blocks of `ppn` consecutive ranks per node (to exercise hierarchical algorithms on
     /// one host: `OXMPI_COLL_NODE_SIZE`).
     pub fn blocks(size: u32, ppn: u32) -> Self {
         let ppn = ppn.max(1);
-        Self {
-            node_of: (0..size).map(|r| r / ppn).collect(),
-        }
+        Self::new((0..size).map(|r| r / ppn).collect())
     }
 
     /// Ranks of this topology.
@@ -46,15 +57,12 @@ impl Topology {
 
     /// Number of nodes.
     pub fn nodes(&self) -> u32 {
-        self.node_of.iter().max().map_or(0, |m| m + 1)
+        self.nodes
     }
 
     /// Most ranks on one node.
     pub fn max_ppn(&self) -> u32 {
-        (0..self.nodes())
-            .map(|n| self.node_of.iter().filter(|&&x| x == n).count() as u32)
-            .max()
-            .unwrap_or(0)
+        self.max_ppn
     }
 
     /// Node of rank `r`.

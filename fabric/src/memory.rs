@@ -316,8 +316,40 @@ struct RegionInner {
     len: usize,
     writable: bool,
     store: RegionStore,
-    claims: RefCell<Vec<Claim>>,
+    claims: RefCell<Claims>,
     next_token: Cell<u64>,
+}
+
+/// The claims on a region: a few inline (the common case, no allocation), more spilled.
+#[derive(Default)]
+struct Claims {
+    inline: [Option<Claim>; 4],
+    more: Vec<Claim>,
+}
+
+impl Claims {
+    fn iter(&self) -> impl Iterator<Item = &Claim> {
+        self.inline.iter().flatten().chain(self.more.iter())
+    }
+
+    fn push(&mut self, c: Claim) {
+        match self.inline.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(c),
+            None => self.more.push(c),
+        }
+    }
+
+    fn remove(&mut self, token: u64) {
+        if let Some(slot) = self
+            .inline
+            .iter_mut()
+            .find(|s| s.is_some_and(|c| c.token == token))
+        {
+            *slot = None;
+        } else if let Some(i) = self.more.iter().position(|c| c.token == token) {
+            self.more.swap_remove(i);
+        }
+    }
 }
 
 impl Drop for RegionInner {
@@ -394,13 +426,14 @@ struct ViewGuard {
 impl ViewGuard {
     /// A second handle on the same read claim (for `MemRef::clone`).
     fn duplicate(&self) -> Self {
-        let c = {
-            let claims = self.region.claims.borrow();
-            *claims
-                .iter()
-                .find(|c| c.token == self.token)
-                .expect("a live view has its claim")
-        };
+        let c = self
+            .region
+            .claims
+            .borrow()
+            .iter()
+            .find(|c| c.token == self.token)
+            .copied()
+            .expect("a live view has its claim");
         let token = self.region.claim_unchecked(c.start, c.end, false);
         Self {
             region: self.region.clone(),
@@ -461,10 +494,7 @@ impl RegionInner {
     }
 
     fn release(&self, token: u64) {
-        let mut claims = self.claims.borrow_mut();
-        if let Some(i) = claims.iter().position(|c| c.token == token) {
-            claims.swap_remove(i);
-        }
+        self.claims.borrow_mut().remove(token);
     }
 
     /// Pointer to byte `off`; `off <= len`.
@@ -485,7 +515,7 @@ impl Region {
             len,
             writable,
             store,
-            claims: RefCell::new(Vec::new()),
+            claims: RefCell::new(Claims::default()),
             next_token: Cell::new(0),
         }))
     }

@@ -203,11 +203,6 @@ fn len_check(
     Ok(())
 }
 
-fn kernel<T: Pod, O: ReduceOp<T>>(op: O) -> Result<Rc<dyn Kernel>, Error> {
-    op.check().map_err(Error::InvalidOp)?;
-    Ok(Rc::new(TypedKernel::<T, O>::new(op)))
-}
-
 fn bytes<T: Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
@@ -246,6 +241,23 @@ fn layout<T>(
 /// Builds the [`Call`] of each collective, checking its arguments; shared by the blocking,
 /// nonblocking and persistent forms.
 impl Communicator {
+    /// The byte-level kernel of `op` on `T`; builtin ops' kernels are made once per
+    /// communicator.
+    fn kernel<T: Pod, O: ReduceOp<T>>(&self, op: O) -> Result<Rc<dyn Kernel>, Error> {
+        op.check().map_err(Error::InvalidOp)?;
+        let Some(b) = op.builtin() else {
+            return Ok(Rc::new(TypedKernel::<T, O>::new(op)));
+        };
+        let key = (std::any::TypeId::of::<T>(), b);
+        let mut cache = self.shared.kernels.borrow_mut();
+        if let Some((_, k)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(k.clone());
+        }
+        let k: Rc<dyn Kernel> = Rc::new(TypedKernel::<T, O>::new(op));
+        cache.push((key, k.clone()));
+        Ok(k)
+    }
+
     fn check_root(&self, root: u32) -> Result<(), Error> {
         crate::progress::check_rank(root, self.size())
     }
@@ -299,7 +311,7 @@ impl Communicator {
             },
             send: bytes(send),
             recv: if at_root { bytes_mut(recv) } else { &mut [] },
-            kernel: Some(kernel(op)?),
+            kernel: Some(self.kernel(op)?),
         })
     }
 
@@ -319,7 +331,7 @@ impl Communicator {
             },
             send: bytes(send),
             recv: bytes_mut(recv),
-            kernel: Some(kernel(op)?),
+            kernel: Some(self.kernel(op)?),
         })
     }
 
@@ -350,7 +362,7 @@ impl Communicator {
             },
             send: bytes(send),
             recv: bytes_mut(recv),
-            kernel: Some(kernel(op)?),
+            kernel: Some(self.kernel(op)?),
         })
     }
 
@@ -600,7 +612,7 @@ impl Communicator {
             },
             send: bytes(send),
             recv: bytes_mut(recv),
-            kernel: Some(kernel(op)?),
+            kernel: Some(self.kernel(op)?),
         })
     }
 
@@ -633,7 +645,7 @@ impl Communicator {
             },
             send: bytes(send),
             recv: bytes_mut(recv),
-            kernel: Some(kernel(op)?),
+            kernel: Some(self.kernel(op)?),
         })
     }
 }
@@ -670,12 +682,13 @@ impl Communicator {
         let mut cache = self.shared.schedules.borrow_mut();
         if let Some(i) = cache
             .iter()
-            .position(|(s, a, _)| *a == algo.name && s == spec)
+            .position(|(s, a, _)| std::ptr::eq(*a, algo) && s == spec)
         {
-            let hit = cache.remove(i);
-            let sched = hit.2.clone();
-            cache.insert(0, hit);
-            return Ok(sched);
+            if i > 0 {
+                let hit = cache.remove(i);
+                cache.insert(0, hit);
+            }
+            return Ok(cache[0].2.clone());
         }
         let sched = Rc::new(registry::build(
             spec,
@@ -684,7 +697,7 @@ impl Communicator {
             self.size(),
             &self.shared.topo,
         ));
-        cache.insert(0, (spec.clone(), algo.name, sched.clone()));
+        cache.insert(0, (spec.clone(), algo, sched.clone()));
         cache.truncate(SCHEDULE_CACHE);
         Ok(sched)
     }

@@ -11,7 +11,7 @@ use crate::request::{ObjRecv, Request, Scope};
 use crate::status::{check_tag, Source, Status, Tag};
 use crate::Error;
 use bytemuck::Pod;
-use oxmpi_collectives::registry::{Coll, Spec};
+use oxmpi_collectives::registry::{AlgoInfo, Coll, Spec};
 use oxmpi_collectives::{Schedule, Topology};
 use oxmpi_fabric::{lend_scope, MemRef};
 use oxmpi_p2p::{Completion, ReqId, SendMode, ANY_SOURCE as RAW_ANY};
@@ -33,6 +33,12 @@ pub struct Communicator {
     pub(crate) shared: Rc<CommShared>,
 }
 
+/// A cached builtin-op kernel: (element type, op) and the kernel.
+pub(crate) type KernelEntry = (
+    (std::any::TypeId, oxmpi_collectives::Op),
+    Rc<dyn oxmpi_collectives::Kernel>,
+);
+
 /// What all handles of one communicator share.
 pub(crate) struct CommShared {
     /// Number of collectives started (tags of the next one).
@@ -40,9 +46,11 @@ pub(crate) struct CommShared {
     /// Algorithms forced with [`Communicator::force_algorithm`].
     pub forced: RefCell<Vec<(Coll, &'static str)>>,
     /// Recently built schedules, most recent first.
-    pub schedules: RefCell<Vec<(Spec, &'static str, Rc<Schedule>)>>,
+    pub schedules: RefCell<Vec<(Spec, &'static AlgoInfo, Rc<Schedule>)>>,
     /// World rank of each rank (empty when they are the same).
     pub world_map: Rc<[u32]>,
+    /// Kernels of builtin ops, by element type and op.
+    pub kernels: RefCell<Vec<KernelEntry>>,
     /// Which of this communicator's ranks share a node.
     pub topo: Topology,
     /// The context id to give back when the communicator goes away.
@@ -102,6 +110,7 @@ impl Communicator {
             forced: RefCell::new(Vec::new()),
             schedules: RefCell::new(Vec::new()),
             world_map,
+            kernels: RefCell::new(Vec::new()),
             topo,
             release: owned.then(|| (state.clone(), ctx)),
         });
