@@ -361,3 +361,81 @@ fn cartesian_grid_shift_and_neighbor_exchange() {
         }
     });
 }
+
+/// The object collectives on 1..=15 thread-ranks, with values whose encoded sizes differ
+/// per rank (empty, small, and past the eager limit), against what each must return.
+#[test]
+fn object_collectives_matrix() {
+    for p in 1..=15u32 {
+        let handles: Vec<_> = loopback::world(p)
+            .into_iter()
+            .map(|fab| {
+                std::thread::spawn(move || {
+                    let u = Universe::from_fabric(Box::new(fab));
+                    let w = u.world();
+                    let (me, n) = (w.rank(), w.size());
+                    let item =
+                        |r: u32| -> Vec<u32> { (0..(r * 1237) % 3000).map(|i| i ^ r).collect() };
+                    for root in [0, n / 2, n - 1] {
+                        let b = w.bcast_obj((me == root).then(|| item(root)), root).unwrap();
+                        assert_eq!(b, item(root), "bcast_obj p={n} root {root}");
+                        let g = w.gather_obj(&item(me), root).unwrap();
+                        if me == root {
+                            assert_eq!(g.unwrap(), (0..n).map(item).collect::<Vec<_>>());
+                        }
+                        let s = w
+                            .scatter_obj((me == root).then(|| (0..n).map(item).collect()), root)
+                            .unwrap();
+                        assert_eq!(s, item(me), "scatter_obj p={n}");
+                        let r = w
+                            .reduce_obj(
+                                &vec![me],
+                                |mut a, b| {
+                                    a.extend(b);
+                                    a
+                                },
+                                root,
+                            )
+                            .unwrap();
+                        if me == root {
+                            assert_eq!(r.unwrap(), (0..n).collect::<Vec<_>>());
+                        }
+                    }
+                    assert_eq!(
+                        w.allgather_obj(&item(me)).unwrap(),
+                        (0..n).map(item).collect::<Vec<_>>()
+                    );
+                    let t = w
+                        .alltoall_obj((0..n).map(|d| (me, d, item(me + d))).collect())
+                        .unwrap();
+                    assert_eq!(t, (0..n).map(|s| (s, me, item(s + me))).collect::<Vec<_>>());
+                    let order = w
+                        .allreduce_obj(&me.to_string(), |a, b| format!("{a},{b}"))
+                        .unwrap();
+                    assert_eq!(
+                        order,
+                        (0..n).map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+                    );
+                    assert_eq!(
+                        w.scan_obj(&vec![me], |mut a, b| {
+                            a.extend(b);
+                            a
+                        })
+                        .unwrap(),
+                        (0..=me).collect::<Vec<_>>()
+                    );
+                    let ex = w
+                        .exscan_obj(&vec![me], |mut a, b| {
+                            a.extend(b);
+                            a
+                        })
+                        .unwrap();
+                    assert_eq!(ex, (me > 0).then(|| (0..me).collect::<Vec<_>>()));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread-rank panicked");
+        }
+    }
+}
