@@ -2,30 +2,42 @@
 # Runs one OSU-style benchmark under oxmpi, Open MPI and MPICH, one after another, and prints
 # the results side by side.
 #
-# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] [--repeat R] [--stat best|median] BENCH [flags...]
-#   BENCH        osu_latency | osu_bw | osu_bibw | osu_multi_lat
+# Usage: scripts/compare.sh [--fabric shm|tcp] [--np N] [--repeat R] [--stat best|median]
+#                          [--col K|NAME] BENCH [flags...]
+#   BENCH        point to point: osu_latency | osu_bw | osu_bibw | osu_multi_lat
+#                collectives: osu_barrier | osu_bcast | osu_reduce | osu_allreduce |
+#                osu_allgather | osu_alltoall | osu_gather | osu_scatter | osu_reduce_scatter |
+#                osu_iallreduce
 #   --fabric     shm (default): each library's shared-memory path between the local ranks;
 #                tcp: each library's TCP path over loopback, shared memory kept out of the way
-#   --np N       ranks (default 2; osu_multi_lat takes any even N)
+#   --np N, -n N ranks (default 2; osu_multi_lat takes any even N, the collectives any N >= 2)
+#   --col K      which figure to compare: the K-th column after the size (default 1: the
+#                latency, bandwidth, average latency or, for osu_iallreduce, Overall). By name:
+#                avg, min, max (collectives, min/max with -f); overall, compute, init, test,
+#                wait, comm, overlap (osu_iallreduce; init/test/wait with -f)
 #   --repeat R   run the three R times, interleaved, and keep each one's best figure per size
 #                (lowest latency, highest bandwidth): on a noisy VM this compares the
 #                libraries rather than the moments they happened to run in (default 1)
 #   --stat       with --repeat: report each library's best (default) or median figure per size
 #   bench flags  passed to all three unchanged: -m [MIN:]MAX, -i ITERS, -x WARMUP, -W WINDOW
+#                (point to point), -f (collectives), -t CALLS (osu_iallreduce)
 #
 # Binaries: target/release/{oxrun,BENCH} (cargo build --release) and
 # bench/peer/build/{openmpi,mpich}/BENCH (scripts/peer-build.sh). A column whose binaries or
 # launcher are missing, or whose run fails or passes `timeout`, is shown as '-'.
-# Example: scripts/compare.sh --fabric tcp osu_latency -m 0:64 -i 2000 -x 200
+# Examples: scripts/compare.sh --fabric tcp osu_latency -m 0:64 -i 2000 -x 200
+#           scripts/compare.sh -n 4 osu_allreduce -m 4:65536 -i 200 -x 20
+#           scripts/compare.sh -n 4 --col overlap osu_iallreduce -m 4:65536 -t 10
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '5,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,30p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 fabric=shm
 np=2
 repeat=1
 stat=best
+col=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --fabric) [ $# -ge 2 ] || usage; fabric="$2"; shift 2 ;;
@@ -34,6 +46,8 @@ while [ $# -gt 0 ]; do
         --np=*) np="${1#*=}"; shift ;;
         --repeat) [ $# -ge 2 ] || usage; repeat="$2"; shift 2 ;;
         --stat) [ $# -ge 2 ] || usage; stat="$2"; shift 2 ;;
+        --col) [ $# -ge 2 ] || usage; col="$2"; shift 2 ;;
+        --col=*) col="${1#*=}"; shift ;;
         -h|--help) usage ;;
         *) break ;;
     esac
@@ -41,13 +55,57 @@ done
 [ $# -ge 1 ] || usage
 bench="$1"
 shift
+flags=("$@")
+full=0
+for a in "${flags[@]+"${flags[@]}"}"; do
+    case "$a" in -f|--full) full=1 ;; esac
+done
+
+# The figures each benchmark prints after the size (osu_barrier prints no size).
 case "$bench" in
-    osu_latency|osu_bw|osu_bibw|osu_multi_lat) ;;
+    osu_latency|osu_multi_lat) columns=("Latency (us)") ;;
+    osu_bw|osu_bibw) columns=("Bandwidth (MB/s)") ;;
+    osu_barrier|osu_bcast|osu_reduce|osu_allreduce|osu_allgather|osu_alltoall|osu_gather|\
+    osu_scatter|osu_reduce_scatter)
+        columns=("Avg Latency(us)")
+        [ "$full" = 0 ] || columns+=("Min Latency(us)" "Max Latency(us)" "Iterations")
+        ;;
+    osu_iallreduce)
+        columns=("Overall(us)" "Compute(us)")
+        [ "$full" = 0 ] || columns+=("Coll. Init(us)" "MPI_Test(us)" "MPI_Wait(us)")
+        columns+=("Pure Comm.(us)" "Overlap(%)")
+        ;;
     *) echo "compare.sh: unknown benchmark '$bench'" >&2; usage ;;
 esac
+sized=1
+[ "$bench" != osu_barrier ] || sized=0
 case "$fabric" in shm|tcp) ;; *) echo "compare.sh: --fabric must be shm or tcp" >&2; usage ;; esac
 [[ "$np" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --np must be a positive integer" >&2; usage; }
-flags=("$@")
+
+# --col by name: the position of that figure in this benchmark's columns.
+if ! [[ "$col" =~ ^[1-9][0-9]*$ ]]; then
+    case "$col" in
+        avg) pat="Avg Latency" ;; min) pat="Min Latency" ;; max) pat="Max Latency" ;;
+        overall) pat="Overall" ;; compute) pat="Compute" ;; init) pat="Coll. Init" ;;
+        test) pat="MPI_Test" ;; wait) pat="MPI_Wait" ;; comm) pat="Pure Comm." ;;
+        overlap) pat="Overlap" ;;
+        *) echo "compare.sh: --col must be a column number or a name (see --help)" >&2; usage ;;
+    esac
+    k=0
+    for i in "${!columns[@]}"; do
+        [[ "${columns[$i]}" != "$pat"* ]] || k=$((i + 1))
+    done
+    if [ "$k" = 0 ]; then
+        echo "compare.sh: $bench $([ "$full" = 1 ] && echo "with" || echo "without") -f prints no '$col' column (it prints: ${columns[*]})" >&2
+        exit 2
+    fi
+    col=$k
+fi
+if [ "$col" -gt "${#columns[@]}" ]; then
+    echo "compare.sh: --col $col: $bench prints ${#columns[@]} column(s) after the size: ${columns[*]}" >&2
+    exit 2
+fi
+column="${columns[$((col - 1))]}"
 
 TIMEOUT="${COMPARE_TIMEOUT:-300}"
 ncpu=$(nproc)
@@ -183,10 +241,18 @@ if [ -f "$work/mpich.err" ]; then
 fi
 
 # ---- report -------------------------------------------------------------------------------
-case "$bench" in
-    osu_latency|osu_multi_lat) metric="one-way latency in us; lower is better; ratio < 1: oxmpi faster" ;;
-    *) metric="bandwidth in MB/s; higher is better; ratio > 1: oxmpi faster" ;;
+faster="lower is better; ratio < 1: oxmpi faster"
+case "$column" in
+    Latency*) lower=1; metric="one-way latency in us; $faster" ;;
+    Bandwidth*) lower=0; metric="bandwidth in MB/s; higher is better; ratio > 1: oxmpi faster" ;;
+    Avg*) lower=1; metric="latency per call in us, averaged over the ranks; $faster" ;;
+    Min*) lower=1; metric="latency per call in us of the fastest rank; $faster" ;;
+    Max*) lower=1; metric="latency per call in us of the slowest rank; $faster" ;;
+    Iterations) lower=0; metric="timed iterations per size (no ratio meant)" ;;
+    Overlap*) lower=0; metric="share of the communication hidden behind the compute in %, averaged over the ranks; higher is better; ratio > 1: oxmpi overlaps more" ;;
+    *) lower=1; metric="${column%(us)} time per iteration in us, averaged over the ranks; $faster" ;;
 esac
+metric="column $col ($column): $metric"
 echo "# oxmpi vs Open MPI vs MPICH: $bench, fabric $fabric, $np ranks, $ncpu CPUs ($(uname -m), $(uname -r))"
 echo "# metric: $metric"
 [ "$repeat" -gt 1 ] && echo "# $stat of $repeat interleaved runs per library and size"
@@ -209,20 +275,24 @@ done
 for name in oxmpi openmpi mpich; do
     [ -f "$work/$name.out" ] || : >"$work/$name.out"
 done
-case "$bench" in osu_latency|osu_multi_lat) lower=1 ;; *) lower=0 ;; esac
-awk -v lower="$lower" -v stat="$stat" '
+awk -v lower="$lower" -v stat="$stat" -v col="$col" -v sized="$sized" '
     function val(name, s) { return ((name, s) in v) ? v[name, s] : "-" }
     function ratio(a, b) {
         if (a == "-" || b == "-" || b + 0 == 0) return "-"
         return sprintf("%.2f", a / b)
     }
     FNR == 1 { name = FILENAME; sub(/.*\//, "", name); sub(/\.out$/, "", name) }
-    /^#/ || NF < 2 || $1 !~ /^[0-9]+$/ { next }
+    /^#/ { next }
+    # sized: "SIZE FIGURE...", the figure in field col + 1; osu_barrier: "FIGURE...", no size
+    sized && (NF < col + 1 || $1 !~ /^[0-9]+$/) { next }
+    !sized && (NF < col || $1 !~ /^[0-9.]+$/) { next }
     {
-        if (!((name, $1) in v) || (lower ? $2 + 0 < v[name, $1] + 0 : $2 + 0 > v[name, $1] + 0))
-            v[name, $1] = $2
-        all[name, $1, ++cnt[name, $1]] = $2 + 0
-        if (!($1 in seen)) { seen[$1] = 1; sizes[++n] = $1 + 0 }
+        key = sized ? $1 : "-"
+        x = sized ? $(col + 1) : $col
+        if (!((name, key) in v) || (lower ? x + 0 < v[name, key] + 0 : x + 0 > v[name, key] + 0))
+            v[name, key] = x
+        all[name, key, ++cnt[name, key]] = x + 0
+        if (!(key in seen)) { seen[key] = 1; sizes[++n] = key }
     }
     END {
         if (stat == "median") {
@@ -236,7 +306,7 @@ awk -v lower="$lower" -v stat="$stat" '
         # numeric insertion sort of the sizes seen in any output
         for (i = 2; i <= n; i++) {
             x = sizes[i]
-            for (j = i - 1; j >= 1 && sizes[j] > x; j--) sizes[j + 1] = sizes[j]
+            for (j = i - 1; j >= 1 && sizes[j] + 0 > x + 0; j--) sizes[j + 1] = sizes[j]
             sizes[j + 1] = x
         }
         printf "%-10s%14s%14s%14s%16s%14s\n", "# size", "oxmpi", "openmpi", "mpich",

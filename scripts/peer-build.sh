@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the plain-MPI peer loops in bench/peer/ (osu_latency, osu_bw, osu_bibw, osu_multi_lat)
-# against Debian's Open MPI and MPICH:
+# Builds the plain-MPI peer loops in bench/peer/ (point to point: osu_latency, osu_bw, osu_bibw,
+# osu_multi_lat; collectives: osu_barrier, osu_bcast, osu_reduce, osu_allreduce, osu_allgather,
+# osu_alltoall, osu_gather, osu_scatter, osu_reduce_scatter, osu_iallreduce) against Debian's
+# Open MPI and MPICH:
 #   bench/peer/build/openmpi/BENCH   (mpicc.openmpi -O2)
 #   bench/peer/build/mpich/BENCH     (mpicc.mpich -O2)
 # Usage: scripts/peer-build.sh [--install]
@@ -9,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS="openmpi-bin libopenmpi-dev mpich libmpich-dev"
-BENCHES="osu_latency osu_bw osu_bibw osu_multi_lat"
+BENCHES="osu_latency osu_bw osu_bibw osu_multi_lat \
+osu_barrier osu_bcast osu_reduce osu_allreduce osu_allgather osu_alltoall \
+osu_gather osu_scatter osu_reduce_scatter osu_iallreduce"
 # -Wno-stringop-overflow: GCC 12 misreads MPICH's MPI_STATUSES_IGNORE ((MPI_Status *)1).
 CFLAGS="${CFLAGS:--O2 -Wall -Wextra -Wno-stringop-overflow}"
 
@@ -17,7 +21,7 @@ install=0
 for a in "$@"; do
     case "$a" in
         --install) install=1 ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "peer-build.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
     esac
 done
