@@ -296,6 +296,9 @@ const POOL_MAX_BYTES: usize = 256 << 20;
 impl TempPool {
     /// A temporary of at least `len` bytes (contents unspecified).
     pub fn take(&mut self, len: usize) -> Region {
+        if len == 0 {
+            return Region::empty();
+        }
         let best = self
             .free
             .iter()
@@ -315,7 +318,7 @@ impl TempPool {
 
     /// Returns a temporary for reuse (dropped if the pool is full or it is still shared).
     pub fn give(&mut self, r: Region) {
-        if r.is_unique() && self.bytes + r.len() <= POOL_MAX_BYTES {
+        if !r.is_empty() && r.is_unique() && self.bytes + r.len() <= POOL_MAX_BYTES {
             self.bytes += r.len();
             self.free.push(r);
         }

@@ -52,8 +52,12 @@ impl<'scope, 'env> Lender<'scope, 'env> {
         }
     }
 
-    /// Lends `buf` as a read-only [`Region`] until the scope ends.
+    /// Lends `buf` as a read-only [`Region`] until the scope ends (an empty `buf` gives the
+    /// shared [`Region::empty`], which borrows nothing).
     pub fn lend_region(&'scope self, buf: &'scope [u8]) -> Region {
+        if buf.is_empty() {
+            return Region::empty();
+        }
         self.outstanding.set(self.outstanding.get() + 1);
         Region::new(
             buf.as_ptr() as *mut u8,
@@ -65,6 +69,9 @@ impl<'scope, 'env> Lender<'scope, 'env> {
 
     /// Lends `buf` as a writable [`Region`] until the scope ends.
     pub fn lend_region_mut(&'scope self, buf: &'scope mut [u8]) -> Region {
+        if buf.is_empty() {
+            return Region::empty();
+        }
         self.outstanding.set(self.outstanding.get() + 1);
         Region::new(
             buf.as_mut_ptr(),
@@ -311,6 +318,14 @@ struct Claim {
     token: u64,
 }
 
+/// Token of the claim on an empty range, which is not recorded.
+const NO_CLAIM: u64 = u64::MAX;
+
+thread_local! {
+    /// The empty region every empty buffer shares.
+    static EMPTY_REGION: Region = Region::alloc(0);
+}
+
 struct RegionInner {
     ptr: *mut u8,
     len: usize,
@@ -426,6 +441,12 @@ struct ViewGuard {
 impl ViewGuard {
     /// A second handle on the same read claim (for `MemRef::clone`).
     fn duplicate(&self) -> Self {
+        if self.token == NO_CLAIM {
+            return Self {
+                region: self.region.clone(),
+                token: NO_CLAIM,
+            };
+        }
         let c = self
             .region
             .claims
@@ -490,10 +511,17 @@ impl RegionInner {
 
     fn claim(&self, r: &Range<usize>, write: bool) -> Result<u64, RegionError> {
         self.check(r, write)?;
+        if r.start == r.end {
+            // An empty range conflicts with nothing: no bookkeeping.
+            return Ok(NO_CLAIM);
+        }
         Ok(self.claim_unchecked(r.start, r.end, write))
     }
 
     fn release(&self, token: u64) {
+        if token == NO_CLAIM {
+            return;
+        }
         self.claims.borrow_mut().remove(token);
     }
 
@@ -525,6 +553,11 @@ impl Region {
         let mut words = vec![0u128; len.div_ceil(16)].into_boxed_slice();
         let ptr = words.as_mut_ptr() as *mut u8;
         Self::new(ptr, len, true, RegionStore::Owned(words))
+    }
+
+    /// An empty writable region (shared, so it costs no allocation).
+    pub fn empty() -> Self {
+        EMPTY_REGION.with(Region::clone)
     }
 
     /// Length in bytes.

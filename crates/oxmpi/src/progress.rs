@@ -170,7 +170,7 @@ impl State {
     /// calls as the policy says.
     pub fn wait_with(&self, mut step: impl FnMut(&mut Progress) -> bool) {
         let mut p = self.progress();
-        // The clock is read only once the wait has lasted 128 polls: short waits, the
+        // The clock is read only once the wait has lasted 1024 polls: short waits, the
         // latency-critical ones, never pay for it.
         let mut start: Option<Instant> = None;
         let mut spins = 0u32;
@@ -182,7 +182,7 @@ impl State {
             // No PAUSE here: on recent x86 it costs ~140 cycles, which is latency. With no
             // spin phase (oversubscribed), yield after every empty poll: the peer we wait for
             // may need this very core.
-            if !self.policy.spin.is_zero() && !spins.is_multiple_of(128) {
+            if !self.policy.spin.is_zero() && !spins.is_multiple_of(1024) {
                 continue;
             }
             let waited = start.get_or_insert_with(Instant::now).elapsed();
