@@ -89,6 +89,19 @@ pub struct Run {
     next_round: usize,
     pending: Vec<Pending>,
     error: Option<CollError>,
+    /// Whether receives may be taken straight from arriving frames (blocking runs, whose
+    /// driver offers frames through [`Run::direct`]).
+    allow_direct: bool,
+    /// A small receive waiting for its frame without a request: (peer, span).
+    direct: Option<(u32, Span)>,
+}
+
+/// A receive the driver should complete from arriving frames: match on `want` (context,
+/// world source, tag), copy into `range` of the region.
+pub struct DirectRecv<'a> {
+    pub want: (u32, i32, i32),
+    pub region: &'a Region,
+    pub range: std::ops::Range<usize>,
 }
 
 impl Run {
@@ -114,7 +127,74 @@ impl Run {
             next_round: 0,
             pending,
             error: None,
+            allow_direct: false,
+            direct: None,
         }
+    }
+
+    /// Lets this run take a round's single small receive straight from arriving frames; its
+    /// driver must then offer frames through [`Run::direct`] and [`Run::direct_done`].
+    pub fn allow_direct(&mut self) {
+        self.allow_direct = true;
+    }
+
+    /// The receive waiting to be completed from arriving frames, if any.
+    pub fn direct(&self) -> Option<DirectRecv<'_>> {
+        let (peer, span) = self.direct?;
+        Some(DirectRecv {
+            want: (
+                self.route.ctx,
+                self.route.world(peer) as i32,
+                self.route.tag,
+            ),
+            region: self.region(span.buf),
+            range: span.range(),
+        })
+    }
+
+    /// Completes the direct receive with the frame's outcome (`Some`), or, when it can no
+    /// longer be direct (`None`: another message got in the way), posts it as a request.
+    pub fn direct_done(
+        &mut self,
+        engine: &mut Engine,
+        outcome: Option<Result<oxmpi_p2p::Status, P2pError>>,
+    ) {
+        let Some((peer, span)) = self.direct.take() else {
+            return;
+        };
+        match outcome {
+            Some(Ok(st)) if st.bytes as usize != span.len => {
+                self.error.get_or_insert(CollError::Count {
+                    peer,
+                    expected: span.len,
+                    got: st.bytes as usize,
+                });
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                self.error.get_or_insert(CollError::P2p(e));
+            }
+            None => {
+                if let Err(e) = self.post_recv(peer, span, engine) {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn post_recv(&mut self, peer: u32, span: Span, engine: &mut Engine) -> Result<(), CollError> {
+        let src = self.route.world(peer) as i32;
+        let mem = self
+            .region(span.buf)
+            .view_mut(span.range())
+            .map_err(CollError::Region)?;
+        let id = engine.irecv(self.route.ctx, src, self.route.tag, Some(mem));
+        self.pending.push(Pending {
+            id,
+            peer,
+            recv: Some(span.len),
+        });
+        Ok(())
     }
 
     fn region(&self, b: Buf) -> &Region {
@@ -147,6 +227,7 @@ impl Run {
     /// Whether the run has finished (successfully or not).
     pub fn is_done(&self) -> bool {
         self.pending.is_empty()
+            && self.direct.is_none()
             && (self.error.is_some() || self.next_round == self.sched.rounds.len())
     }
 
@@ -183,7 +264,7 @@ impl Run {
                     i += 1;
                 }
             }
-            if !self.pending.is_empty() {
+            if !self.pending.is_empty() || self.direct.is_some() {
                 return false;
             }
             if self.error.is_some() || self.next_round == self.sched.rounds.len() {
@@ -192,7 +273,21 @@ impl Run {
                 return true;
             }
             let sched = self.sched.clone();
-            for step in sched.round(self.next_round) {
+            let round = sched.round(self.next_round);
+            let recvs = round
+                .iter()
+                .filter(|s| matches!(s, Step::Recv { .. }))
+                .count();
+            for step in round {
+                if let (true, 1, Step::Recv { peer, span }) = (self.allow_direct, recvs, step) {
+                    let src = self.route.world(*peer) as i32;
+                    if span.len <= DIRECT_MAX
+                        && engine.can_recv_direct(self.route.ctx, src, self.route.tag)
+                    {
+                        self.direct = Some((*peer, *span));
+                        continue;
+                    }
+                }
                 if let Err(e) = self.start(step, engine, fabric) {
                     self.error.get_or_insert(e);
                     break;
@@ -230,19 +325,7 @@ impl Run {
                     });
                 }
             }
-            Step::Recv { peer, span } => {
-                let src = self.route.world(peer) as i32;
-                let mem = self
-                    .region(span.buf)
-                    .view_mut(span.range())
-                    .map_err(CollError::Region)?;
-                let id = engine.irecv(ctx, src, tag, Some(mem));
-                self.pending.push(Pending {
-                    id,
-                    peer,
-                    recv: Some(span.len),
-                });
-            }
+            Step::Recv { peer, span } => self.post_recv(peer, span, engine)?,
             Step::Copy { from, to } => self.local(from, to, |s, d| d.copy_from_slice(s))?,
             Step::Reduce {
                 from,
@@ -275,6 +358,9 @@ impl Run {
         .map_err(CollError::Region)
     }
 }
+
+/// Largest receive taken straight from an arriving frame.
+const DIRECT_MAX: usize = 4096;
 
 /// Temporaries kept between runs, so a repeated collective neither allocates nor faults in
 /// fresh pages. Bounded in total size; larger requests than any kept buffer allocate.
