@@ -38,7 +38,13 @@ pub struct ProtocolConfig {
     pub read_max: usize,
     /// Pipeline chunk size.
     pub chunk: usize,
+    /// Largest eager message of a collective's exchanges: a whole frame, up to
+    /// [`EXCHANGE_EAGER_MAX`] (see [`ProtocolConfig::select_exchange`]).
+    pub exchange_eager_max: usize,
 }
+
+/// Upper bound of [`ProtocolConfig::exchange_eager_max`].
+pub const EXCHANGE_EAGER_MAX: usize = 64 * 1024;
 
 fn env_size(name: &str) -> Option<usize> {
     let v = std::env::var(name).ok()?;
@@ -72,15 +78,20 @@ impl ProtocolConfig {
             read_min,
             read_max,
             chunk: caps.pipeline_chunk.min(caps.max_payload).max(1),
+            exchange_eager_max: env_size("OXMPI_COLL_EAGER_MAX")
+                .unwrap_or(EXCHANGE_EAGER_MAX)
+                .min(caps.max_payload)
+                .max(eager_max),
         }
     }
 
-    /// The protocol for a message of `len` bytes sent while traffic flows both ways (a
-    /// collective's exchanges): a remote read from `read_min` up, with no upper limit. The
-    /// pipeline's two copies beat one read only when the other direction is idle; when both
-    /// ranks are sending, each one copying once (its reads) costs half as much.
+    /// The protocol for a message of `len` bytes sent by a collective: eager up to a whole
+    /// frame (no handshake, which costs most when ranks share cores and must be scheduled to
+    /// answer), then a remote read from `read_min` up, with no upper limit. The pipeline's
+    /// two copies beat one read only when the other direction is idle; in a collective's
+    /// exchanges both ranks send, and each one copying once (its reads) costs half as much.
     pub fn select_exchange(&self, len: usize) -> Protocol {
-        if len <= self.eager_max {
+        if len <= self.exchange_eager_max {
             Protocol::Eager
         } else if self.read_min <= self.read_max && len >= self.read_min {
             Protocol::RndvRead
@@ -112,6 +123,7 @@ mod tests {
             read_min: 1000,
             read_max: 5000,
             chunk: 10,
+            exchange_eager_max: 200,
         };
         assert_eq!(c.select(0), Protocol::Eager);
         assert_eq!(c.select(100), Protocol::Eager);
@@ -120,6 +132,7 @@ mod tests {
         assert_eq!(c.select(5000), Protocol::RndvRead);
         assert_eq!(c.select(5001), Protocol::RndvPipeline);
         assert_eq!(c.select_exchange(5001), Protocol::RndvRead);
+        assert_eq!(c.select_exchange(200), Protocol::Eager);
         assert_eq!(c.select_exchange(999), Protocol::RndvPipeline);
         let no_rma = ProtocolConfig {
             read_min: usize::MAX,

@@ -167,6 +167,7 @@ fn config() -> ProtocolConfig {
         read_min: 4096,
         read_max: 8000,
         chunk: 100,
+        exchange_eager_max: 100,
     }
 }
 
