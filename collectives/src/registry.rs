@@ -273,6 +273,7 @@ pub static ALGORITHMS: &[AlgoInfo] = &[
     algo(Coll::Barrier, "hierarchical", false, "node fan-in, leaders' dissemination, fan-out"),
     algo(Coll::Bcast, "binomial", false, "binomial tree, whole message per edge"),
     algo(Coll::Bcast, "scatter_allgather", false, "binomial scatter + ring allgather (van de Geijn)"),
+    algo(Coll::Bcast, "linear", false, "root sends to every rank (one hop deep)"),
     algo(Coll::Bcast, "pipelined", false, "binomial tree in 64 KiB segments, forwarded as they arrive"),
     algo(Coll::Bcast, "hierarchical", false, "binomial among node leaders, then within nodes"),
     algo(Coll::Reduce, "binomial", false, "binomial tree (rank order kept via rank 0)"),
@@ -387,6 +388,7 @@ pub const DEFAULT_TABLE: &str = "\
 barrier               *      *          >=2    >=2   hierarchical
 barrier               *      *          *      *     dissemination
 bcast                 *      *          >=2    >=2   hierarchical
+bcast                 <=8    *          1      *     linear
 bcast                 <=8    *          *      *     binomial
 bcast                 *      <=65536    *      *     binomial
 bcast                 *      *          *      *     scatter_allgather
@@ -581,6 +583,7 @@ pub fn build(spec: &Spec, algo: &AlgoInfo, rank: u32, size: u32, topo: &Topology
             match name {
                 "scatter_allgather" => bcast::scatter_allgather(&mut b, &g, *root, d),
                 "pipelined" => bcast::pipelined(&mut b, &g, *root, d, BCAST_SEGMENT),
+                "linear" => bcast::linear(&mut b, &g, *root, d),
                 "hierarchical" => bcast::hierarchical(&mut b, rank, *root, topo, d),
                 _ => bcast::binomial(&mut b, &g, *root, d),
             }

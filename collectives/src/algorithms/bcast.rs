@@ -30,6 +30,24 @@ pub fn binomial(b: &mut Builder, g: &Group, root: u32, data: Span) {
     b.round();
 }
 
+/// Linear: the root sends to every rank in one round. One hop deep, which is what counts when
+/// ranks share cores (each hop of a tree may wait for a rank to be scheduled); above the
+/// eager limit the receivers read the root's buffer in parallel.
+pub fn linear(b: &mut Builder, g: &Group, root: u32, data: Span) {
+    let p = g.size();
+    if p == 1 {
+        return;
+    }
+    if g.rank == root {
+        for r in (0..p).filter(|&r| r != root) {
+            b.send(g, r, data);
+        }
+    } else {
+        b.recv(g, root, data);
+    }
+    b.round();
+}
+
 /// Segmented binomial tree: the message moves in `segment`-byte pieces, and each rank
 /// forwards piece `k` to its children while it receives piece `k + 1`, so the tree's depth
 /// costs one piece's time instead of the whole message's.
