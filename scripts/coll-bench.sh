@@ -3,8 +3,9 @@
 # side by side (scripts/compare.sh, median of interleaved runs), plus oxmpi's allreduce at
 # 1, 2, 4 and 8 ranks for the growth table. Results go to OUTDIR (default bench-results/).
 #
-# Usage: scripts/coll-bench.sh [--repeat R] [--outdir DIR] [--quick]
+# Usage: scripts/coll-bench.sh [--repeat R] [--outdir DIR] [--quick] [--growth-only]
 #   --quick   fewer sizes and iterations (a smoke run, not for the record)
+#   --growth-only   only the allreduce growth table (oxmpi at 1, 2, 4, 8 ranks)
 # Needs: cargo build --release --workspace; scripts/peer-build.sh --install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,12 +13,14 @@ cd "$(dirname "$0")/.."
 repeat=5
 out=bench-results
 quick=0
+growth_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --repeat) repeat="$2"; shift 2 ;;
         --outdir) out="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --growth-only) growth_only=1; shift ;;
+        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "coll-bench.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -32,6 +35,7 @@ run() { # name, then compare.sh arguments
     grep -v '^#' "$out/$name.txt" | tail -n +2 || true
 }
 
+if [ "$growth_only" = 0 ]; then
 for b in osu_allreduce osu_bcast osu_alltoall; do
     run "${b}_2" -n 2 "$b" -m "$sizes"
 done
@@ -46,15 +50,21 @@ done
 # Overlap of a nonblocking allreduce with computation.
 run osu_iallreduce_2 -n 2 --col overlap osu_iallreduce -m 4:1048576 -i 200 -x 20
 run osu_iallreduce_4 -n 4 --col overlap osu_iallreduce -m 4:1048576 -i 100 -x 10
+fi
 
-# Growth with the rank count (oxmpi alone; 4 and 8 ranks are oversubscribed).
+# Growth with the rank count (oxmpi alone; 4 and 8 ranks are oversubscribed): median of
+# REPEAT runs per rank count, every rank bound to a core as in the comparisons.
 {
-    echo "# oxmpi osu_allreduce, average latency (us) by ranks; 1 rank is a world of one"
+    echo "# oxmpi osu_allreduce, average latency (us) by ranks, median of $repeat runs; 1 rank is a world of one"
     for n in 1 2 4 8; do
-        bind=()
-        [ "$n" -le 2 ] && bind=(--bind-to core)
         echo "## $n ranks"
-        target/release/oxrun -n "$n" "${bind[@]}" target/release/osu_allreduce -m 8:1048576 -i 500 -x 50 | grep -v '^#'
+        for _ in $(seq "$repeat"); do
+            OXMPI_FABRIC=shm target/release/oxrun -n "$n" --bind-to core \
+                target/release/osu_allreduce -m 8:1048576 -i 500 -x 50 | grep -v '^#'
+        done | awk '{ v[$1] = v[$1] " " $2; if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } }
+            END { for (i = 1; i <= k; i++) { m = split(v[order[i]], a, " ");
+                    for (x = 1; x <= m; x++) for (y = x + 1; y <= m; y++) if (a[y] + 0 < a[x] + 0) { t = a[x]; a[x] = a[y]; a[y] = t }
+                    printf "%-10s %10.2f\n", order[i], a[int((m + 1) / 2)] } }'
     done
 } > "$out/allreduce_growth.txt"
 cat "$out/allreduce_growth.txt"

@@ -270,6 +270,7 @@ const fn algo(
 #[rustfmt::skip]
 pub static ALGORITHMS: &[AlgoInfo] = &[
     algo(Coll::Barrier, "dissemination", false, "ceil(log2 p) rounds of signals"),
+    algo(Coll::Barrier, "recursive_doubling", false, "pairwise token exchanges (log2 rounds; folds a non-power of two)"),
     algo(Coll::Barrier, "hierarchical", false, "node fan-in, leaders' dissemination, fan-out"),
     algo(Coll::Bcast, "binomial", false, "binomial tree, whole message per edge"),
     algo(Coll::Bcast, "scatter_allgather", false, "binomial scatter + ring allgather (van de Geijn)"),
@@ -388,7 +389,7 @@ pub const DEFAULT_TABLE: &str = "\
 barrier               *      *          >=2    >=2   hierarchical
 barrier               *      *          *      *     dissemination
 bcast                 *      *          >=2    >=2   hierarchical
-bcast                 <=8    *          1      *     linear
+bcast                 <=8    <=524288   1      *     linear
 bcast                 <=8    *          *      *     binomial
 bcast                 *      <=65536    *      *     binomial
 bcast                 *      *          *      *     scatter_allgather
@@ -576,6 +577,7 @@ pub fn build(spec: &Spec, algo: &AlgoInfo, rank: u32, size: u32, topo: &Topology
     match spec {
         Spec::Barrier => match name {
             "hierarchical" => barrier::hierarchical(&mut b, rank, topo),
+            "recursive_doubling" => barrier::recursive_doubling(&mut b, &g),
             _ => barrier::dissemination(&mut b, &g),
         },
         Spec::Bcast { root, bytes } => {

@@ -1,6 +1,7 @@
-//! Barrier: dissemination, and a hierarchical form (fan-in to a node leader, dissemination
-//! among leaders, fan-out).
+//! Barrier: dissemination, recursive doubling (pairwise exchanges), and a hierarchical form
+//! (fan-in to a node leader, dissemination among leaders, fan-out).
 
+use super::Fold;
 use crate::schedule::{Builder, Group};
 use crate::topology::Topology;
 
@@ -16,6 +17,40 @@ pub fn dissemination(b: &mut Builder, g: &Group) {
         b.recv(g, (me + n - dist) % n, token);
         b.round();
         dist *= 2;
+    }
+}
+
+/// Recursive-doubling barrier: in round `k` ranks `r` and `r ^ 2^k` exchange a token, so
+/// each round's partners wait only for each other. For a non-power-of-two size the first
+/// `2 * rem` ranks pair up first: the even one checks in with its odd neighbour, which takes
+/// part for both and releases it at the end. `log2` of the power of two below `p` rounds,
+/// plus two when `p` is not one.
+pub fn recursive_doubling(b: &mut Builder, g: &Group) {
+    let fold = Fold::new(g.size());
+    let token = crate::schedule::Span::new(b.tmp(0), 0, 0);
+    let me = g.rank;
+    let Some(nr) = fold.newrank(me) else {
+        // Folded away: check in with the odd neighbour, then wait to be released.
+        b.send(g, me + 1, token);
+        b.recv(g, me + 1, token);
+        b.round();
+        return;
+    };
+    if me < 2 * fold.rem {
+        b.recv(g, me - 1, token);
+        b.round();
+    }
+    let mut mask = 1;
+    while mask < fold.pof2 {
+        let peer = fold.real(nr ^ mask);
+        b.send(g, peer, token);
+        b.recv(g, peer, token);
+        b.round();
+        mask *= 2;
+    }
+    if me < 2 * fold.rem {
+        b.send(g, me - 1, token);
+        b.round();
     }
 }
 

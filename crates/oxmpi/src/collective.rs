@@ -677,19 +677,19 @@ impl Communicator {
     }
 
     /// The schedule for `spec`, from this communicator's cache when it was built before.
+    /// The cache is keyed by `spec` alone: the algorithm chosen for it changes only when
+    /// [`Communicator::force_algorithm`] or [`Communicator::clear_forced_algorithms`] runs,
+    /// and both empty the cache. A repeated call thus skips the selection entirely.
     pub(crate) fn schedule(&self, spec: &Spec) -> Result<Rc<Schedule>, Error> {
-        let algo = self.algorithm(spec)?;
-        let mut cache = self.shared.schedules.borrow_mut();
-        if let Some(i) = cache
-            .iter()
-            .position(|(s, a, _)| std::ptr::eq(*a, algo) && s == spec)
         {
-            if i > 0 {
-                let hit = cache.remove(i);
-                cache.insert(0, hit);
+            let cache = self.shared.schedules.borrow();
+            // A hit stays where it is (moving it costs more than the search when a loop
+            // alternates two collectives); the oldest entry is the one evicted.
+            if let Some((_, sched)) = cache.iter().find(|(s, _)| s == spec) {
+                return Ok(sched.clone());
             }
-            return Ok(cache[0].2.clone());
         }
+        let algo = self.algorithm(spec)?;
         let sched = Rc::new(registry::build(
             spec,
             algo,
@@ -697,7 +697,8 @@ impl Communicator {
             self.size(),
             &self.shared.topo,
         ));
-        cache.insert(0, (spec.clone(), algo, sched.clone()));
+        let mut cache = self.shared.schedules.borrow_mut();
+        cache.insert(0, (spec.clone(), sched.clone()));
         cache.truncate(SCHEDULE_CACHE);
         Ok(sched)
     }
@@ -811,12 +812,14 @@ impl Communicator {
         let mut f = self.shared.forced.borrow_mut();
         f.retain(|(c, _)| *c != coll);
         f.push((coll, algo.name));
+        self.shared.schedules.borrow_mut().clear();
         Ok(())
     }
 
     /// Removes this communicator's forced algorithms.
     pub fn clear_forced_algorithms(&self) {
         self.shared.forced.borrow_mut().clear();
+        self.shared.schedules.borrow_mut().clear();
     }
 
     /// Name of the algorithm a call would use (for tools and tests).

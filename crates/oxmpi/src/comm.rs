@@ -11,7 +11,7 @@ use crate::request::{ObjRecv, Request, Scope};
 use crate::status::{check_tag, Source, Status, Tag};
 use crate::Error;
 use bytemuck::Pod;
-use oxmpi_collectives::registry::{AlgoInfo, Coll, Spec};
+use oxmpi_collectives::registry::{Coll, Spec};
 use oxmpi_collectives::{Schedule, Topology};
 use oxmpi_fabric::{lend_scope, MemRef};
 use oxmpi_p2p::{Completion, ReqId, SendMode, ANY_SOURCE as RAW_ANY};
@@ -45,8 +45,8 @@ pub(crate) struct CommShared {
     pub coll_seq: Cell<u32>,
     /// Algorithms forced with [`Communicator::force_algorithm`].
     pub forced: RefCell<Vec<(Coll, &'static str)>>,
-    /// Recently built schedules, most recent first.
-    pub schedules: RefCell<Vec<(Spec, &'static AlgoInfo, Rc<Schedule>)>>,
+    /// Recently built schedules, newest first (emptied when forced algorithms change).
+    pub schedules: RefCell<Vec<(Spec, Rc<Schedule>)>>,
     /// World rank of each rank (empty when they are the same).
     pub world_map: Rc<[u32]>,
     /// Kernels of builtin ops, by element type and op.
