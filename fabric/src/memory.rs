@@ -18,6 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -307,10 +308,12 @@ enum RegionStore {
     Lent(*const Cell<usize>),
     /// Owned, 16-byte aligned, so any element type can be viewed in place.
     Owned(#[allow(dead_code)] Box<[u128]>),
+    /// A lent region's allocation kept for reuse once its scope's count was released.
+    Spare,
 }
 
 /// A byte range of a region in use: by the transport (a view) or by a local copy or reduction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Claim {
     start: usize,
     end: usize,
@@ -336,31 +339,46 @@ struct RegionInner {
 }
 
 /// The claims on a region: a few inline (the common case, no allocation), more spilled.
+/// Live claims are `inline[..len]` then `more`, so a region with none costs no scan.
 #[derive(Default)]
 struct Claims {
-    inline: [Option<Claim>; 4],
+    inline: [Claim; INLINE_CLAIMS],
+    len: usize,
     more: Vec<Claim>,
 }
 
+const INLINE_CLAIMS: usize = 4;
+
 impl Claims {
     fn iter(&self) -> impl Iterator<Item = &Claim> {
-        self.inline.iter().flatten().chain(self.more.iter())
+        self.inline[..self.len].iter().chain(self.more.iter())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.more.is_empty()
     }
 
     fn push(&mut self, c: Claim) {
-        match self.inline.iter_mut().find(|s| s.is_none()) {
-            Some(slot) => *slot = Some(c),
-            None => self.more.push(c),
+        if self.len < INLINE_CLAIMS {
+            self.inline[self.len] = c;
+            self.len += 1;
+        } else {
+            self.more.push(c);
         }
     }
 
     fn remove(&mut self, token: u64) {
-        if let Some(slot) = self
-            .inline
-            .iter_mut()
-            .find(|s| s.is_some_and(|c| c.token == token))
+        if let Some(i) = self.inline[..self.len]
+            .iter()
+            .position(|c| c.token == token)
         {
-            *slot = None;
+            self.inline[i] = self.inline[self.len - 1];
+            self.len -= 1;
+            // Keep the inline slots full while claims have spilled over.
+            if let Some(c) = self.more.pop() {
+                self.inline[self.len] = c;
+                self.len += 1;
+            }
         } else if let Some(i) = self.more.iter().position(|c| c.token == token) {
             self.more.swap_remove(i);
         }
@@ -423,8 +441,49 @@ impl std::error::Error for RegionError {}
 /// [`RegionError::Overlap`], so safe code can never alias a buffer, however a schedule is
 /// written. Regions are cheap handles (`Rc`); the bytes are lent from a scope
 /// ([`Lender::lend_region_mut`]) or owned ([`Region::alloc`]).
-#[derive(Clone)]
-pub struct Region(Rc<RegionInner>);
+pub struct Region(ManuallyDrop<Rc<RegionInner>>);
+
+impl Clone for Region {
+    fn clone(&self) -> Self {
+        Self(ManuallyDrop::new(Rc::clone(&self.0)))
+    }
+}
+
+/// Most allocations of lent regions kept per thread for reuse.
+const SPARE_REGIONS_MAX: usize = 16;
+
+thread_local! {
+    /// Allocations of lent regions whose last handle has gone: lending a buffer for every
+    /// small collective then costs no `malloc`/`free` pair.
+    static SPARE_REGIONS: RefCell<Vec<Rc<RegionInner>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the field is taken exactly once, here, and not touched afterwards.
+        let mut rc = unsafe { ManuallyDrop::take(&mut self.0) };
+        let Some(inner) = Rc::get_mut(&mut rc) else {
+            return; // other handles remain; the last one releases the region
+        };
+        if let RegionStore::Lent(c) = inner.store {
+            // Release the scope's count now (as `RegionInner::drop` would) and keep the
+            // allocation, which no longer refers to the lent bytes.
+            inner.store = RegionStore::Spare;
+            inner.ptr = std::ptr::null_mut();
+            inner.len = 0;
+            // SAFETY: as in `RegionInner::drop`: the counter outlives every region it counts.
+            let c = unsafe { &*c };
+            c.set(c.get() - 1);
+            // During thread teardown the list may be gone: then the allocation is just freed.
+            let _ = SPARE_REGIONS.try_with(move |spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_REGIONS_MAX {
+                    spare.push(rc);
+                }
+            });
+        }
+    }
+}
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -484,10 +543,12 @@ impl RegionInner {
         if r.start == r.end {
             return Ok(());
         }
-        let clash =
-            self.claims.borrow().iter().any(|c| {
+        let claims = self.claims.borrow();
+        let clash = !claims.is_empty()
+            && claims.iter().any(|c| {
                 (write || c.write) && c.start < r.end && r.start < c.end && c.start < c.end
             });
+        drop(claims);
         if clash {
             return Err(RegionError::Overlap {
                 start: r.start,
@@ -538,14 +599,29 @@ impl RegionInner {
 
 impl Region {
     fn new(ptr: *mut u8, len: usize, writable: bool, store: RegionStore) -> Self {
-        Self(Rc::new(RegionInner {
+        if matches!(store, RegionStore::Lent(_)) {
+            let spare = SPARE_REGIONS
+                .try_with(|spare| spare.borrow_mut().pop())
+                .ok()
+                .flatten();
+            if let Some(mut rc) = spare {
+                let inner = Rc::get_mut(&mut rc).expect("a spare region has no other handle");
+                debug_assert!(inner.claims.borrow().is_empty());
+                inner.ptr = ptr;
+                inner.len = len;
+                inner.writable = writable;
+                inner.store = store;
+                return Self(ManuallyDrop::new(rc));
+            }
+        }
+        Self(ManuallyDrop::new(Rc::new(RegionInner {
             ptr,
             len,
             writable,
             store,
             claims: RefCell::new(Claims::default()),
             next_token: Cell::new(0),
-        }))
+        })))
     }
 
     /// A zeroed, owned, writable region of `len` bytes, aligned to 16 bytes.
@@ -587,7 +663,7 @@ impl Region {
             ptr: self.0.at(range.start),
             len: range.len(),
             lease: RefLease::View(ViewGuard {
-                region: self.0.clone(),
+                region: Rc::clone(&self.0),
                 token,
             }),
         })
@@ -600,7 +676,7 @@ impl Region {
             ptr: self.0.at(range.start),
             len: range.len(),
             lease: MutLease::View(ViewGuard {
-                region: self.0.clone(),
+                region: Rc::clone(&self.0),
                 token,
             }),
         })
@@ -732,6 +808,62 @@ mod tests {
         );
         assert_eq!(&out[32..], &[7u8; 32][..]);
         assert_eq!(&out[..32], &[0u8; 32][..]);
+    }
+
+    #[test]
+    fn reused_region_allocations_see_only_their_own_buffer() {
+        let first = vec![1u8; 16];
+        let mut second = vec![0u8; 8];
+        // Several rounds, so later regions come from the spare list.
+        for round in 0..3u8 {
+            lend_scope(
+                |l| {
+                    let a = l.lend_region(&first);
+                    drop(a);
+                    let b = l.lend_region_mut(&mut second);
+                    assert_eq!(b.len(), 8);
+                    assert!(b.is_unique());
+                    b.write(0..8, |d| d.fill(round)).unwrap();
+                    assert_eq!(
+                        b.view_mut(8..9).unwrap_err(),
+                        RegionError::OutOfBounds {
+                            start: 8,
+                            end: 9,
+                            len: 8
+                        }
+                    );
+                    assert_eq!(l.outstanding(), 1);
+                    // A view outliving its region keeps the scope waiting until it goes.
+                    let v = b.view(0..4).unwrap();
+                    drop(b);
+                    assert_eq!(l.outstanding(), 1);
+                    drop(v);
+                    assert_eq!(l.outstanding(), 0);
+                },
+                |done| assert!(done()),
+            );
+            assert_eq!(second, vec![round; 8]);
+        }
+    }
+
+    #[test]
+    fn claims_spill_past_the_inline_slots_and_release_in_any_order() {
+        let mut data = vec![0u8; 64];
+        lend_scope(
+            |l| {
+                let r = l.lend_region_mut(&mut data);
+                let views: Vec<_> = (0..8).map(|i| r.view(i * 8..i * 8 + 8).unwrap()).collect();
+                let mut views: Vec<_> = views.into_iter().map(Some).collect();
+                for i in [0, 5, 2, 7] {
+                    views[i] = None;
+                    assert!(r.view_mut(i * 8..i * 8 + 8).is_ok());
+                    assert!(r.view_mut(i * 8..i * 8 + 9).is_err());
+                }
+                views.clear();
+                assert!(r.view_mut(0..64).is_ok());
+            },
+            |done| assert!(done()),
+        );
     }
 
     #[test]
