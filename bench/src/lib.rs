@@ -9,6 +9,26 @@ use std::hint::black_box;
 use std::process::exit;
 use std::time::{Duration, Instant};
 
+/// Prints one line of results; a closed stdout (`osu_latency | head`) ends the process
+/// quietly with the shell's SIGPIPE status instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::emit_line(format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn emit_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{args}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(141);
+    }
+}
+
 /// Parsed benchmark options.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -192,17 +212,17 @@ impl Options {
 
 /// Prints the OSU-style header lines.
 pub fn header(title: &str, column: &str) {
-    println!("# {title}");
-    println!(
+    out!("# {title}");
+    out!(
         "# oxmpi {} (OSU-style benchmark)",
         env!("CARGO_PKG_VERSION")
     );
-    println!("# Size{column:>24}");
+    out!("# Size{column:>24}");
 }
 
 /// Prints one result line.
 pub fn line(size: usize, value: f64) {
-    println!("{size:<10}{value:>18.2}");
+    out!("{size:<10}{value:>18.2}");
 }
 
 /// A page-aligned-enough, touched buffer of `n` bytes.
@@ -234,8 +254,8 @@ pub fn header_collective(world: &Communicator, title: &str, opts: &Options, size
     if world.rank() != 0 {
         return;
     }
-    println!("# {title}");
-    println!(
+    out!("# {title}");
+    out!(
         "# oxmpi {} (OSU-style benchmark), {} ranks",
         env!("CARGO_PKG_VERSION"),
         world.size()
@@ -251,7 +271,7 @@ pub fn header_collective(world: &Communicator, title: &str, opts: &Options, size
             "Min Latency(us)", "Max Latency(us)", "Iterations"
         );
     }
-    println!("{columns}");
+    out!("{columns}");
 }
 
 /// OSU's collective timing loop: `warmup` + `iters` calls of `op`, each timed on its own and
@@ -300,7 +320,7 @@ pub fn report_collective(
     if full {
         out += &format!("{:>18.2}{:>18.2}{iters:>12}", min[0], max[0]);
     }
-    println!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -402,13 +422,13 @@ pub fn header_nonblocking(world: &Communicator, title: &str, opts: &Options) {
     if world.rank() != 0 {
         return;
     }
-    println!("# {title}");
-    println!(
+    out!("# {title}");
+    out!(
         "# oxmpi {} (OSU-style benchmark), {} ranks",
         env!("CARGO_PKG_VERSION"),
         world.size()
     );
-    println!("# Overall = Coll. Init + Compute + MPI_Test + MPI_Wait");
+    out!("# Overall = Coll. Init + Compute + MPI_Test + MPI_Wait");
     let mut columns = format!("{:<10}{:>18}{:>18}", "# Size", "Overall(us)", "Compute(us)");
     if opts.full {
         columns += &format!(
@@ -417,7 +437,7 @@ pub fn header_nonblocking(world: &Communicator, title: &str, opts: &Options) {
         );
     }
     columns += &format!("{:>18}{:>18}", "Pure Comm.(us)", "Overlap(%)");
-    println!("{columns}");
+    out!("{columns}");
 }
 
 /// Averages every figure over the ranks (a sum reduction to rank 0) and prints one line there.
@@ -456,6 +476,6 @@ pub fn report_nonblocking(
         out += &format!("{init:>18.2}{test:>18.2}{wait:>18.2}");
     }
     out += &format!("{comm:>18.2}{overlap:>18.2}");
-    println!("{out}");
+    out!("{out}");
     Ok(())
 }

@@ -288,7 +288,11 @@ impl Run {
                         continue;
                     }
                 }
-                if let Err(e) = self.start(step, engine, fabric) {
+                // A send is part of an exchange when its round also receives from that peer.
+                let exchange = recvs > 0
+                    && matches!(step, Step::Send { peer, .. } if round.iter().any(
+                        |s| matches!(s, Step::Recv { peer: q, .. } if q == peer)));
+                if let Err(e) = self.start(step, exchange, engine, fabric) {
                     self.error.get_or_insert(e);
                     break;
                 }
@@ -300,6 +304,7 @@ impl Run {
     fn start(
         &mut self,
         step: &Step,
+        exchange: bool,
         engine: &mut Engine,
         fabric: &mut dyn Fabric,
     ) -> Result<(), CollError> {
@@ -317,7 +322,11 @@ impl Run {
                 // path below then reports it on the request.
                 if !matches!(sent, Ok(true)) {
                     let mem = region.view(span.range()).map_err(CollError::Region)?;
-                    let id = engine.isend_exchange(ctx, dest, tag, mem);
+                    let id = if exchange {
+                        engine.isend_exchange(ctx, dest, tag, mem)
+                    } else {
+                        engine.isend_oneway(ctx, dest, tag, mem)
+                    };
                     self.pending.push(Pending {
                         id,
                         peer,

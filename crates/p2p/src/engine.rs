@@ -189,6 +189,13 @@ impl Engine {
         &self.config[peer as usize]
     }
 
+    /// Lowers the largest eager message a collective sends one way towards `peer` to `max`
+    /// (never below the point-to-point eager limit).
+    pub fn limit_oneway_eager(&mut self, peer: Rank, max: usize) {
+        let c = &mut self.config[peer as usize];
+        c.oneway_eager_max = c.oneway_eager_max.min(max).max(c.eager_max);
+    }
+
     /// Frames the engine dropped as malformed or unexpected.
     pub fn protocol_errors(&self) -> u64 {
         self.protocol_errors
@@ -376,14 +383,21 @@ impl Engine {
 
     /// Starts a send of `data` to `dest` (`MPI_Isend` / `MPI_Issend`).
     pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
-        self.isend_with(ctx, dest, tag, data, mode, false)
+        self.isend_with(ctx, dest, tag, data, mode, None)
     }
 
     /// [`isend`](Self::isend) for a message sent while traffic flows both ways (collectives):
     /// large messages take the remote-read protocol wherever the fabric offers it
     /// ([`ProtocolConfig::select_exchange`]).
     pub fn isend_exchange(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
-        self.isend_with(ctx, dest, tag, data, SendMode::Standard, true)
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, Some(true))
+    }
+
+    /// [`isend_exchange`](Self::isend_exchange) for a collective's send with no receive
+    /// from `dest` in the same round: eager only up to
+    /// [`ProtocolConfig::oneway_eager_max`].
+    pub fn isend_oneway(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, Some(false))
     }
 
     fn isend_with(
@@ -393,7 +407,8 @@ impl Engine {
         tag: i32,
         data: MemRef,
         mode: SendMode,
-        exchange: bool,
+        // `Some(exchange)` for a collective's send, `None` for point-to-point.
+        collective: Option<bool>,
     ) -> ReqId {
         let len = data.len() as u64;
         let sync = mode == SendMode::Synchronous;
@@ -406,10 +421,10 @@ impl Engine {
             return self.isend_self(ctx, tag, data, sync);
         }
         let cfg = &self.config[dest as usize];
-        let proto = if exchange {
-            cfg.select_exchange(data.len())
-        } else {
-            cfg.select(data.len())
+        let proto = match collective {
+            Some(true) => cfg.select_collective(data.len(), cfg.exchange_eager_max),
+            Some(false) => cfg.select_collective(data.len(), cfg.oneway_eager_max),
+            None => cfg.select(data.len()),
         };
         let seq = self.send_seq[dest as usize];
         self.send_seq[dest as usize] = seq.wrapping_add(1);

@@ -41,6 +41,10 @@ pub struct ProtocolConfig {
     /// Largest eager message of a collective's exchanges: a whole frame, up to
     /// [`EXCHANGE_EAGER_MAX`] (see [`ProtocolConfig::select_exchange`]).
     pub exchange_eager_max: usize,
+    /// Largest eager message a collective sends one way (no receive from the same peer in
+    /// its round): `exchange_eager_max` unless lowered (see
+    /// [`ProtocolConfig::select_collective`]).
+    pub oneway_eager_max: usize,
 }
 
 /// Upper bound of [`ProtocolConfig::exchange_eager_max`].
@@ -73,15 +77,17 @@ impl ProtocolConfig {
         } else {
             (usize::MAX, 0)
         };
+        let exchange_eager_max = env_size("OXMPI_COLL_EAGER_MAX")
+            .unwrap_or(EXCHANGE_EAGER_MAX)
+            .min(caps.max_payload)
+            .max(eager_max);
         Self {
             eager_max,
             read_min,
             read_max,
             chunk: caps.pipeline_chunk.min(caps.max_payload).max(1),
-            exchange_eager_max: env_size("OXMPI_COLL_EAGER_MAX")
-                .unwrap_or(EXCHANGE_EAGER_MAX)
-                .min(caps.max_payload)
-                .max(eager_max),
+            exchange_eager_max,
+            oneway_eager_max: exchange_eager_max,
         }
     }
 
@@ -91,7 +97,16 @@ impl ProtocolConfig {
     /// two copies beat one read only when the other direction is idle; in a collective's
     /// exchanges both ranks send, and each one copying once (its reads) costs half as much.
     pub fn select_exchange(&self, len: usize) -> Protocol {
-        if len <= self.exchange_eager_max {
+        self.select_collective(len, self.exchange_eager_max)
+    }
+
+    /// [`select_exchange`](Self::select_exchange) with eager messages up to `eager_max`:
+    /// collectives pass `exchange_eager_max` for a send whose round also receives from the
+    /// same peer, `oneway_eager_max` otherwise. A one-way transfer has no reverse traffic to
+    /// stall behind a handshake, so with a core per rank it is cheaper read in one copy than
+    /// copied twice through the ring.
+    pub fn select_collective(&self, len: usize, eager_max: usize) -> Protocol {
+        if len <= eager_max {
             Protocol::Eager
         } else if self.read_min <= self.read_max && len >= self.read_min {
             Protocol::RndvRead
@@ -124,6 +139,7 @@ mod tests {
             read_max: 5000,
             chunk: 10,
             exchange_eager_max: 200,
+            oneway_eager_max: 200,
         };
         assert_eq!(c.select(0), Protocol::Eager);
         assert_eq!(c.select(100), Protocol::Eager);
@@ -140,5 +156,27 @@ mod tests {
             ..c
         };
         assert_eq!(no_rma.select_exchange(1 << 30), Protocol::RndvPipeline);
+        // One-way collective sends with a lowered limit: eager below it, read from read_min.
+        let oneway = ProtocolConfig {
+            read_min: 150,
+            oneway_eager_max: 100,
+            ..c
+        };
+        assert_eq!(
+            oneway.select_collective(100, oneway.oneway_eager_max),
+            Protocol::Eager
+        );
+        assert_eq!(
+            oneway.select_collective(101, oneway.oneway_eager_max),
+            Protocol::RndvPipeline
+        );
+        assert_eq!(
+            oneway.select_collective(150, oneway.oneway_eager_max),
+            Protocol::RndvRead
+        );
+        assert_eq!(
+            oneway.select_collective(150, oneway.exchange_eager_max),
+            Protocol::Eager
+        );
     }
 }

@@ -168,6 +168,7 @@ fn config() -> ProtocolConfig {
         read_max: 8000,
         chunk: 100,
         exchange_eager_max: 100,
+        oneway_eager_max: 100,
     }
 }
 
