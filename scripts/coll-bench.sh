@@ -50,6 +50,7 @@ done
 # Overlap of a nonblocking allreduce with computation.
 run osu_iallreduce_2 -n 2 --col overlap osu_iallreduce -m 4:1048576 -i 200 -x 20
 run osu_iallreduce_4 -n 4 --col overlap osu_iallreduce -m 4:1048576 -i 100 -x 10
+run osu_iallreduce_2_overall -n 2 --col 1 osu_iallreduce -m 4:1048576 -i 200 -x 20
 fi
 
 # Growth with the rank count (oxmpi alone; 4 and 8 ranks are oversubscribed): median of
