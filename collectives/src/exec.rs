@@ -288,8 +288,12 @@ impl Run {
                         continue;
                     }
                 }
-                // A send is part of an exchange when its round also receives from that peer.
+                // A send is part of an exchange when its round also receives from that peer
+                // and later rounds depend on it. A single-round schedule (linear alltoall)
+                // sends as if one way: its reads all proceed at once, so a handshake costs
+                // it once, where dependent rounds would each pay one.
                 let exchange = recvs > 0
+                    && sched.rounds.len() > 1
                     && matches!(step, Step::Send { peer, .. } if round.iter().any(
                         |s| matches!(s, Step::Recv { peer: q, .. } if q == peer)));
                 if let Err(e) = self.start(step, exchange, engine, fabric) {

@@ -21,7 +21,15 @@ pub fn ring(b: &mut Builder, g: &Group, input: Span, out: Buf, blocks: &Blocks) 
     let (p, r) = (g.size(), g.rank);
     b.copy(input, blocks.span(out, r));
     for s in 0..p.saturating_sub(1) {
-        send_nz(b, g, (r + 1) % p, blocks.span(out, (r + p - s) % p));
+        // The first step sends this rank's own block from the input, not from its copy:
+        // the send does not wait for the copy, and the peer reads memory this rank has not
+        // just dirtied.
+        let block = if s == 0 {
+            input
+        } else {
+            blocks.span(out, (r + p - s) % p)
+        };
+        send_nz(b, g, (r + 1) % p, block);
         recv_nz(
             b,
             g,
