@@ -64,7 +64,7 @@ pub fn rabenseifner(b: &mut Builder, g: &Group, input: Span, output: Span, elem:
         let s = blocks.range(Buf::Send, a, c);
         output.sub(s.off, s.len)
     };
-    match super::reduce::halving(b, g, output, &blocks) {
+    match super::reduce::halving(b, g, input, output, &blocks) {
         None => {
             b.recv(g, r + 1, output);
             b.round();
@@ -119,7 +119,14 @@ pub fn ring(b: &mut Builder, g: &Group, input: Span, output: Span, elem: usize) 
         let give = blk((r + p - s) % p);
         let take = blk((r + 2 * p - s - 1) % p);
         if give.len > 0 {
-            b.send(g, next, give);
+            // The first block sent is still the input's: send it from there (no wait for
+            // the copy, no freshly written lines for the peer to read).
+            let from = if s == 0 {
+                input.sub(give.off - output.off, give.len)
+            } else {
+                give
+            };
+            b.send(g, next, from);
         }
         if take.len > 0 {
             b.recv(g, prev, t.sub(0, take.len));

@@ -58,20 +58,33 @@ pub fn binomial(
 /// Reduce-scatter by recursive halving over the folded ranks: on return new rank `nr` holds
 /// the fully reduced block `nr` of `acc` (blocks from `blocks`, one per new rank). Returns
 /// this rank's new rank, `None` if it folded away. Commutative ops only.
-pub(crate) fn halving(b: &mut Builder, g: &Group, acc: Span, blocks: &Blocks) -> Option<u32> {
+///
+/// `acc` starts as a copy of `input` (same layout): sends made before anything is reduced
+/// into it take their bytes from `input`, so they need not wait for the copy and the peer
+/// does not read lines this rank has just written.
+pub(crate) fn halving(
+    b: &mut Builder,
+    g: &Group,
+    input: Span,
+    acc: Span,
+    blocks: &Blocks,
+) -> Option<u32> {
     let f = Fold::new(g.size());
     let r = g.rank;
     let n = acc.len;
     let t = Span::new(b.tmp(n), 0, n);
+    // Whether `acc` still equals `input`.
+    let mut pristine = input.len == acc.len;
     if r < 2 * f.rem {
         if r.is_multiple_of(2) {
-            b.send(g, r + 1, acc);
+            b.send(g, r + 1, if pristine { input } else { acc });
             b.round();
             return None;
         }
         b.recv(g, r - 1, t);
         b.round();
         b.reduce(t, acc, true);
+        pristine = false;
     }
     let nr = f.newrank(r).expect("odd and upper ranks stay");
     let (mut lo, mut hi) = (0, f.pof2);
@@ -90,13 +103,19 @@ pub(crate) fn halving(b: &mut Builder, g: &Group, acc: Span, blocks: &Blocks) ->
         let ks = Span::new(acc.buf, acc.off + ks.off, ks.len);
         let tk = t.sub(ks.off - acc.off, ks.len);
         if gs.len > 0 {
-            b.send(g, f.real(pnr), gs);
+            let from = if pristine {
+                input.sub(gs.off - acc.off, gs.len)
+            } else {
+                gs
+            };
+            b.send(g, f.real(pnr), from);
         }
         if ks.len > 0 {
             b.recv(g, f.real(pnr), tk);
         }
         b.round();
         b.reduce(tk, ks, pnr < nr);
+        pristine = false;
         (lo, hi) = keep;
         mask >>= 1;
     }
@@ -121,7 +140,7 @@ pub fn rabenseifner(b: &mut Builder, g: &Group, root: u32, input: Span, output: 
         let s = blocks.range(Buf::Send, a, c);
         acc.sub(s.off, s.len)
     };
-    if let Some(nr) = halving(b, g, acc, &blocks) {
+    if let Some(nr) = halving(b, g, input, acc, &blocks) {
         let (lo, mut hi) = (nr, nr + 1);
         let mut mask = 1;
         while mask < f.pof2 {

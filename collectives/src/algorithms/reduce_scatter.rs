@@ -23,7 +23,7 @@ pub fn recursive_halving(b: &mut Builder, g: &Group, input: Span, output: Span, 
         let s = blocks.span(Buf::Send, i);
         acc.sub(s.off, s.len)
     };
-    match super::reduce::halving(b, g, acc, &merged) {
+    match super::reduce::halving(b, g, input, acc, &merged) {
         None => {
             if output.len > 0 {
                 b.recv(g, r + 1, output);
