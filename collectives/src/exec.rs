@@ -288,15 +288,7 @@ impl Run {
                         continue;
                     }
                 }
-                // A send is part of an exchange when its round also receives from that peer
-                // and later rounds depend on it. A single-round schedule (linear alltoall)
-                // sends as if one way: its reads all proceed at once, so a handshake costs
-                // it once, where dependent rounds would each pay one.
-                let exchange = recvs > 0
-                    && sched.rounds.len() > 1
-                    && matches!(step, Step::Send { peer, .. } if round.iter().any(
-                        |s| matches!(s, Step::Recv { peer: q, .. } if q == peer)));
-                if let Err(e) = self.start(step, exchange, engine, fabric) {
+                if let Err(e) = self.start(step, round, recvs, engine, fabric) {
                     self.error.get_or_insert(e);
                     break;
                 }
@@ -305,10 +297,12 @@ impl Run {
         }
     }
 
+    /// Starts `step` of `round` (which holds `recvs` receives).
     fn start(
         &mut self,
         step: &Step,
-        exchange: bool,
+        round: &[Step],
+        recvs: usize,
         engine: &mut Engine,
         fabric: &mut dyn Fabric,
     ) -> Result<(), CollError> {
@@ -326,6 +320,15 @@ impl Run {
                 // path below then reports it on the request.
                 if !matches!(sent, Ok(true)) {
                     let mem = region.view(span.range()).map_err(CollError::Region)?;
+                    // A send is part of an exchange when its round also receives from that
+                    // peer and later rounds depend on it. A single-round schedule (linear
+                    // alltoall) sends as if one way: its reads all proceed at once, so a
+                    // handshake costs it once, where dependent rounds would each pay one.
+                    let exchange = recvs > 0
+                        && self.sched.rounds.len() > 1
+                        && round
+                            .iter()
+                            .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer));
                     let id = if exchange {
                         engine.isend_exchange(ctx, dest, tag, mem)
                     } else {
