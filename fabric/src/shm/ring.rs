@@ -2,8 +2,8 @@
 //!
 //! Layout: one cache line holding the producer's `tail`, one holding the consumer's `head`
 //! (both monotonically increasing byte counts), then `RING_BYTES` of records. A record is an
-//! 8-byte prefix, the 48-byte frame header (32 bytes when its last 16 are zero, as for
-//! standard-mode eager frames) and the payload, padded to a cache line. A record
+//! 8-byte prefix, the 48-byte frame header stored in one of three lengths (see
+//! [`stored_header_len`]) and the payload, padded to a cache line. A record
 //! that would straddle the end is preceded by a skip record filling the rest of the ring.
 //!
 //! The prefix is one 64-bit word — payload length and a stamp derived from the record's
@@ -28,8 +28,13 @@ const LINE: usize = 64;
 pub const MAX_PAYLOAD: usize = 64 * 1024 - PREFIX - HEADER_LEN;
 /// Stored length of a header whose last 16 bytes are zero.
 const SHORT_HEADER: usize = 32;
+/// Stored length of a header whose last 16 bytes are zero and whose bytes 24..32 hold the
+/// payload length (the protocol engine's message-length field, for eager frames).
+const TINY_HEADER: usize = 24;
 /// Set in a record's length field when its header is stored short.
 const SHORT_FLAG: u32 = 1 << 31;
+/// Set in a record's length field when its header is stored tiny.
+const TINY_FLAG: u32 = 1 << 30;
 /// Length value marking a skip record.
 const SKIP: u32 = u32::MAX;
 /// Bytes a ring occupies in a segment (control lines + records).
@@ -91,14 +96,28 @@ fn record_len(header: usize, payload: usize) -> usize {
     (PREFIX + header + payload).div_ceil(LINE) * LINE
 }
 
-/// Bytes of the header stored for a frame: the last 16 bytes are left out when they are
-/// zero (as in standard-mode eager frames), so up to 24 payload bytes fit in one cache line.
+/// Bytes of the header stored for a frame with `payload` bytes. The last 16 bytes are left
+/// out when they are zero (as in standard-mode eager frames), and bytes 24..32 too when they
+/// equal the payload length (the message length of an eager frame), so up to 32 payload bytes
+/// fit in one cache line. Either way the consumer restores the header exactly.
 #[inline]
-fn stored_header_len(header: &Header) -> usize {
-    if header[SHORT_HEADER..].iter().all(|&b| b == 0) {
-        SHORT_HEADER
-    } else {
+fn stored_header_len(header: &Header, payload: usize) -> usize {
+    if header[SHORT_HEADER..].iter().any(|&b| b != 0) {
         HEADER_LEN
+    } else if header[TINY_HEADER..SHORT_HEADER] == (payload as u64).to_le_bytes() {
+        TINY_HEADER
+    } else {
+        SHORT_HEADER
+    }
+}
+
+/// The flag recording a stored header length in a record's length field.
+#[inline]
+fn header_flag(hlen: usize) -> u32 {
+    match hlen {
+        TINY_HEADER => TINY_FLAG,
+        SHORT_HEADER => SHORT_FLAG,
+        _ => 0,
     }
 }
 
@@ -124,7 +143,7 @@ impl Producer {
     /// Appends a frame; `false` if the ring has no room now.
     pub fn push(&mut self, header: &Header, payload: &[u8]) -> bool {
         debug_assert!(payload.len() <= MAX_PAYLOAD);
-        let hlen = stored_header_len(header);
+        let hlen = stored_header_len(header, payload.len());
         let rec = record_len(hlen, payload.len());
         let idx = (self.tail % RING_BYTES as u64) as usize;
         let to_end = RING_BYTES - idx;
@@ -150,8 +169,10 @@ impl Producer {
             let dst = self.ring.data.add(idx + PREFIX);
             std::ptr::copy_nonoverlapping(header.as_ptr(), dst, hlen);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(hlen), payload.len());
-            let short = if hlen == SHORT_HEADER { SHORT_FLAG } else { 0 };
-            self.publish_prefix(idx, prefix(payload.len() as u32 | short, self.tail));
+            self.publish_prefix(
+                idx,
+                prefix(payload.len() as u32 | header_flag(hlen), self.tail),
+            );
         }
         self.tail += rec as u64;
         self.ring.tail().store(self.tail, Ordering::Release);
@@ -238,12 +259,13 @@ impl Consumer {
                 self.head += (RING_BYTES - idx) as u64;
                 continue;
             }
-            let hlen = if len & SHORT_FLAG != 0 {
-                SHORT_HEADER
-            } else {
-                HEADER_LEN
+            let hlen = match len & (SHORT_FLAG | TINY_FLAG) {
+                0 => HEADER_LEN,
+                SHORT_FLAG => SHORT_HEADER,
+                TINY_FLAG => TINY_HEADER,
+                _ => return Err(Corrupt(format!("record flags {len:#x} at offset {idx}"))),
             };
-            let len = (len & !SHORT_FLAG) as usize;
+            let len = (len & !(SHORT_FLAG | TINY_FLAG)) as usize;
             let rec = record_len(hlen, len);
             if len > MAX_PAYLOAD || idx + rec > RING_BYTES {
                 return Err(Corrupt(format!("record length {len} at offset {idx}")));
@@ -257,7 +279,11 @@ impl Consumer {
                 let header: &Header = if hlen == HEADER_LEN {
                     &*(base as *const Header)
                 } else {
-                    std::ptr::copy_nonoverlapping(base, full.as_mut_ptr(), SHORT_HEADER);
+                    std::ptr::copy_nonoverlapping(base, full.as_mut_ptr(), hlen);
+                    if hlen == TINY_HEADER {
+                        full[TINY_HEADER..SHORT_HEADER]
+                            .copy_from_slice(&(len as u64).to_le_bytes());
+                    }
                     &full
                 };
                 (header, std::slice::from_raw_parts(base.add(hlen), len))
@@ -292,9 +318,14 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i as u32 ^ k) as u8).collect();
             let mut h = [0u8; HEADER_LEN];
             h[..4].copy_from_slice(&k.to_le_bytes());
-            if k % 2 == 1 {
-                // A full header (its last 16 bytes not zero) on every other record.
-                h[40..44].copy_from_slice(&k.to_le_bytes());
+            match k % 4 {
+                // A full header (its last 16 bytes not zero).
+                1 => h[40..44].copy_from_slice(&k.to_le_bytes()),
+                // Tiny: the length field equals the payload length.
+                2 => h[24..32].copy_from_slice(&(len as u64).to_le_bytes()),
+                // Short: a length field that differs from the payload length.
+                3 => h[24..32].copy_from_slice(&(len as u64 + 1).to_le_bytes()),
+                _ => {}
             }
             assert!(p.push(&h, &payload), "room for message {k}");
             assert!(c
@@ -304,6 +335,30 @@ mod tests {
                 })
                 .unwrap());
             assert!(!c.has_data());
+        }
+    }
+
+    /// Eager-style headers with up to 32 payload bytes take one cache line.
+    #[test]
+    fn small_eager_record_fits_one_line() {
+        let mut mem = Box::new(Mem([0; RING_STRIDE]));
+        // SAFETY: the boxed buffer is aligned, RING_STRIDE long and outlives the ring ends.
+        let ring = unsafe { RingPtr::new(mem.0.as_mut_ptr()) };
+        let (mut p, mut c) = (Producer::new(ring), Consumer::new(ring));
+        for len in [0usize, 24, 32, 33] {
+            let mut h = [7u8; HEADER_LEN];
+            h[24..32].copy_from_slice(&(len as u64).to_le_bytes());
+            h[32..].fill(0);
+            let before = p.tail;
+            assert!(p.push(&h, &vec![9u8; len]));
+            let lines = (p.tail - before) as usize / LINE;
+            assert_eq!(lines, if len <= 32 { 1 } else { 2 }, "{len} bytes");
+            assert!(c
+                .pop(|got, pl| {
+                    assert_eq!(got, &h);
+                    assert_eq!(pl.len(), len);
+                })
+                .unwrap());
         }
     }
 
