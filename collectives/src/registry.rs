@@ -271,6 +271,7 @@ const fn algo(
 pub static ALGORITHMS: &[AlgoInfo] = &[
     algo(Coll::Barrier, "dissemination", false, "ceil(log2 p) rounds of signals"),
     algo(Coll::Barrier, "recursive_doubling", false, "pairwise token exchanges (log2 rounds; folds a non-power of two)"),
+    algo(Coll::Barrier, "linear", false, "fan-in to rank 0, fan-out (fewest hand-offs when ranks share cores)"),
     algo(Coll::Barrier, "hierarchical", false, "node fan-in, leaders' dissemination, fan-out"),
     algo(Coll::Bcast, "binomial", false, "binomial tree, whole message per edge"),
     algo(Coll::Bcast, "scatter_allgather", false, "binomial scatter + ring allgather (van de Geijn)"),
@@ -387,6 +388,8 @@ pub struct Rule {
 pub const DEFAULT_TABLE: &str = "\
 # collective          size   bytes      nodes  ppn   algorithm
 barrier               *      *          >=2    >=2   hierarchical
+barrier               <=2    *          *      *     dissemination
+barrier               <=4    *          1      *     linear
 barrier               *      *          *      *     dissemination
 bcast                 *      *          >=2    >=2   hierarchical
 bcast                 <=8    <=524288   1      *     linear
@@ -578,6 +581,7 @@ pub fn build(spec: &Spec, algo: &AlgoInfo, rank: u32, size: u32, topo: &Topology
         Spec::Barrier => match name {
             "hierarchical" => barrier::hierarchical(&mut b, rank, topo),
             "recursive_doubling" => barrier::recursive_doubling(&mut b, &g),
+            "linear" => barrier::linear(&mut b, &g),
             _ => barrier::dissemination(&mut b, &g),
         },
         Spec::Bcast { root, bytes } => {

@@ -1,5 +1,6 @@
-//! Barrier: dissemination, recursive doubling (pairwise exchanges), and a hierarchical form
-//! (fan-in to a node leader, dissemination among leaders, fan-out).
+//! Barrier: dissemination, recursive doubling (pairwise exchanges), linear (fan-in to rank 0,
+//! fan-out), and a hierarchical form (fan-in to a node leader, dissemination among leaders,
+//! fan-out).
 
 use super::Fold;
 use crate::schedule::{Builder, Group};
@@ -52,6 +53,27 @@ pub fn recursive_doubling(b: &mut Builder, g: &Group) {
         b.send(g, me - 1, token);
         b.round();
     }
+}
+
+/// Linear barrier: every rank checks in with rank 0, which releases them all once the last
+/// has arrived. Two steps on any rank but 0's critical path is `2 (p - 1)` messages; with
+/// more ranks than cores it needs the fewest hand-offs between ranks sharing a core.
+pub fn linear(b: &mut Builder, g: &Group) {
+    let token = crate::schedule::Span::new(b.tmp(0), 0, 0);
+    if g.rank != 0 {
+        b.send(g, 0, token);
+        b.recv(g, 0, token);
+        b.round();
+        return;
+    }
+    for r in 1..g.size() {
+        b.recv(g, r, token);
+    }
+    b.round();
+    for r in 1..g.size() {
+        b.send(g, r, token);
+    }
+    b.round();
 }
 
 /// Hierarchical barrier: each node's ranks check in with their leader, leaders run a
