@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Runs every oxmpi test: formatting, lints, unit and harness tests, and the end-to-end tests
-# that start real jobs through oxrun over shared memory and TCP. Installs what it needs.
+# that start real jobs through oxrun over shared memory, TCP and libfabric. Installs what it
+# needs (libfabric-dev and libclang-dev for the ofi bindings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+# libfabric's headers and libclang for the ofi-sys bindings; fi_info for the provider checks.
+pkg-config --exists libfabric 2>/dev/null || need_pkgs+=(libfabric-dev)
+command -v fi_info >/dev/null 2>&1 || need_pkgs+=(libfabric-bin)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
