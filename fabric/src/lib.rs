@@ -7,8 +7,9 @@
 //! becomes a receiver-driven pipeline of data frames).
 //!
 //! Backends: [`loopback`] (threads in one process, the test harness), [`shm`] (per-peer rings
-//! in a shared mapping, single-copy reads with `process_vm_readv`) and [`tcp`] (non-blocking
-//! sockets with epoll). [`router`] picks one per peer by locality.
+//! in a shared mapping, single-copy reads with `process_vm_readv`), [`tcp`] (non-blocking
+//! sockets with epoll) and, with the `ofi` feature, `ofi` (libfabric RDM endpoints). [`router`]
+//! picks one per peer by locality.
 //!
 //! Back-pressure is a status ([`Sent::WouldBlock`]), never an error: the caller keeps the frame
 //! and tries again after polling.
@@ -16,6 +17,10 @@
 pub mod affinity;
 pub mod loopback;
 pub mod memory;
+pub mod memwatch;
+#[cfg(feature = "ofi")]
+pub mod ofi;
+pub mod regcache;
 pub mod router;
 pub mod shm;
 mod sys;
@@ -41,10 +46,13 @@ pub type Rank = u32;
 /// read it with [`Fabric::read`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteKey {
-    /// Address in the owner's address space.
+    /// Where a read starts: the address in the owner's address space, or an offset into the
+    /// owner's registration where the backend addresses memory that way.
     pub addr: u64,
     /// Length in bytes.
     pub len: u64,
+    /// The backend's protection key for the memory (an RDMA rkey); 0 where none is needed.
+    pub key: u64,
 }
 
 /// A small performance model, used to choose protocols and reported by `--fabric-info`.
@@ -178,12 +186,19 @@ pub trait Fabric {
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError>;
     /// Blocks until something may have arrived or `timeout` passed (spurious wake-ups allowed).
     fn wait(&mut self, timeout: Duration);
-    /// The key a peer uses to read `mem` (for `rma_read` backends).
-    fn remote_key(&self, mem: &MemRef) -> RemoteKey {
+    /// The key `peer` uses to read `mem` (for `rma_read` backends). Backends that must register
+    /// the memory keep it registered at least until [`Fabric::release_key`].
+    fn remote_key(&mut self, peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
+        let _ = peer;
         let b = mem.bytes();
-        RemoteKey {
+        Ok(RemoteKey {
             addr: b.as_ptr() as u64,
             len: b.len() as u64,
-        }
+            key: 0,
+        })
+    }
+    /// `peer` has finished with a key from [`Fabric::remote_key`] (or will never use it).
+    fn release_key(&mut self, peer: Rank, key: &RemoteKey) {
+        let _ = (peer, key);
     }
 }

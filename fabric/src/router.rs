@@ -4,7 +4,7 @@
 //! one that reaches the peer (shared memory on the same host, TCP otherwise, or what
 //! `OXMPI_FABRIC` forces). It is itself a [`Fabric`], so the engine sees one.
 
-use crate::{Caps, Event, Fabric, FabricError, Header, Rank, RemoteKey, Sent};
+use crate::{Caps, Event, Fabric, FabricError, Header, MemRef, Rank, RemoteKey, Sent};
 use std::time::Duration;
 
 const NO_ROUTE: u8 = u8::MAX;
@@ -124,6 +124,14 @@ impl Fabric for Router {
         dst: &mut [u8],
     ) -> Result<(), FabricError> {
         self.backend(peer).read(peer, remote, offset, dst)
+    }
+
+    fn remote_key(&mut self, peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
+        self.backend(peer).remote_key(peer, mem)
+    }
+
+    fn release_key(&mut self, peer: Rank, key: &RemoteKey) {
+        self.backend(peer).release_key(peer, key)
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {

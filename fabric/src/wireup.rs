@@ -3,7 +3,9 @@
 //! Each rank publishes one card through the key-value service — host identity, process id,
 //! shared-memory segment address and TCP listener — fences, reads every peer's card, and routes
 //! each peer: shared memory when both run on the same host (same hostname and boot id), TCP
-//! otherwise. `OXMPI_FABRIC=shm|tcp` forces one backend (`shm` fails for peers on other hosts).
+//! otherwise. `OXMPI_FABRIC=shm|tcp` forces one backend (`shm` fails for peers on other hosts);
+//! `OXMPI_FABRIC=ofi` (builds with the `ofi` feature) reaches every peer through libfabric, whose
+//! endpoint addresses go through a second exchange.
 
 use crate::shm::{self, segment::Segment, Shm, ShmPeer};
 use crate::tcp::{self, Tcp};
@@ -20,6 +22,8 @@ pub enum FabricChoice {
     Shm,
     /// TCP only.
     Tcp,
+    /// libfabric only.
+    Ofi,
 }
 
 impl FabricChoice {
@@ -29,9 +33,16 @@ impl FabricChoice {
             "" | "auto" => Ok(Self::Auto),
             "shm" => Ok(Self::Shm),
             "tcp" => Ok(Self::Tcp),
-            other @ ("ofi" | "verbs") => Err(FabricError::Setup(format!(
-                "OXMPI_FABRIC={other}: this build has no {other} backend yet (use auto, shm or tcp)"
-            ))),
+            "ofi" if cfg!(feature = "ofi") => Ok(Self::Ofi),
+            "ofi" => Err(FabricError::Setup(
+                "OXMPI_FABRIC=ofi: this program was built without the `ofi` feature \
+                 (build oxmpi with `--features ofi`)"
+                    .into(),
+            )),
+            "verbs" => Err(FabricError::Setup(
+                "OXMPI_FABRIC=verbs: this build has no verbs backend yet (use auto, shm, tcp or ofi)"
+                    .into(),
+            )),
             other => Err(FabricError::Setup(format!(
                 "OXMPI_FABRIC={other:?} is not one of auto, shm, tcp, ofi, verbs"
             ))),
@@ -100,14 +111,14 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     let choice = FabricChoice::from_env()?;
     let (rank, size) = (env.rank, env.size);
     let host = host_id();
-    let own = if choice != FabricChoice::Tcp {
+    let own = if matches!(choice, FabricChoice::Auto | FabricChoice::Shm) {
         Some(Segment::create(&env.job, rank, size).map_err(|e| {
             FabricError::Setup(format!("creating shared-memory segment in /dev/shm: {e}"))
         })?)
     } else {
         None
     };
-    let listener = if choice != FabricChoice::Shm {
+    let listener = if matches!(choice, FabricChoice::Auto | FabricChoice::Tcp) {
         let bind = std::env::var("OXMPI_TCP_BIND").unwrap_or_else(|_| "127.0.0.1:0".into());
         Some(
             tcp::listen(&bind)
@@ -127,6 +138,10 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     let cards: Vec<Card> = (0..size)
         .map(|p| Card::decode(&kvs.get(&format!("card-{p}"))?))
         .collect::<Result<_, _>>()?;
+
+    if choice == FabricChoice::Ofi {
+        return wire_up_ofi(env, kvs, &cards, &host);
+    }
 
     let allow_cma = std::env::var("OXMPI_SHM_CMA").map_or(true, |v| v != "0");
     let mut shm_peers = Vec::new();
@@ -195,8 +210,15 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
         .into_iter()
         .map(|k| k.map(|k| usize::from(k == "tcp" && has_shm)))
         .collect();
+    let mut router = Router::new(rank, size, backends, route);
+    router.set_nodes(node_numbers(&cards));
+    Ok(router)
+}
+
+/// Node of each rank, numbered by first appearance of its host.
+fn node_numbers(cards: &[Card]) -> Vec<u32> {
     let mut hosts: Vec<&str> = Vec::new();
-    let nodes = cards
+    cards
         .iter()
         .map(|c| match hosts.iter().position(|h| *h == c.host) {
             Some(i) => i as u32,
@@ -205,10 +227,58 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
                 (hosts.len() - 1) as u32
             }
         })
-        .collect();
-    let mut router = Router::new(rank, size, backends, route);
-    router.set_nodes(nodes);
+        .collect()
+}
+
+/// Every peer through one libfabric endpoint: open it, exchange addresses, fill the AV.
+#[cfg(feature = "ofi")]
+fn wire_up_ofi(
+    env: &JobEnv,
+    kvs: &mut KvsClient,
+    cards: &[Card],
+    host: &str,
+) -> Result<Router, FabricError> {
+    use crate::ofi::{Ofi, OfiConfig};
+    let local_only = cards.iter().all(|c| c.host == host);
+    let mut ofi = Ofi::open(env.rank, env.size, &OfiConfig::from_env(local_only))?;
+    let hex: String = ofi.address()?.iter().map(|b| format!("{b:02x}")).collect();
+    kvs.put(&format!("ofi-{}", env.rank), &hex)?;
+    kvs.fence()?;
+    let addrs = (0..env.size)
+        .map(|p| {
+            let v = kvs.get(&format!("ofi-{p}"))?;
+            decode_hex(&v).ok_or_else(|| {
+                FabricError::Setup(format!("malformed libfabric address of rank {p}: {v:?}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ofi.connect(&addrs)?;
+    // Every address vector is filled before anyone sends.
+    kvs.fence()?;
+    let mut router = Router::single(Box::new(ofi));
+    router.set_nodes(node_numbers(cards));
     Ok(router)
+}
+
+#[cfg(not(feature = "ofi"))]
+fn wire_up_ofi(
+    _env: &JobEnv,
+    _kvs: &mut KvsClient,
+    _cards: &[Card],
+    _host: &str,
+) -> Result<Router, FabricError> {
+    Err(FabricError::Setup("this build has no ofi backend".into()))
+}
+
+#[cfg(feature = "ofi")]
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -69,6 +69,27 @@ fn every_collective_and_algorithm_over_tcp() {
     every_algorithm("tcp");
 }
 
+/// Every algorithm over libfabric: its shm provider at every size 1..=8, its tcp provider
+/// (slower to set up, so fewer sizes) at 2, 3, 5 and 8 ranks.
+#[cfg(feature = "ofi")]
+#[test]
+fn every_collective_and_algorithm_over_ofi() {
+    for (provider, sizes) in [
+        ("shm", &[1, 2, 3, 4, 5, 6, 7, 8][..]),
+        ("tcp;ofi_rxm", &[2, 3, 5, 8][..]),
+    ] {
+        for &n in sizes {
+            let env = [("OXMPI_FABRIC", "ofi"), ("OXMPI_OFI_PROVIDER", provider)];
+            let out = oxrun(n, &env, &[]);
+            expect_ok(
+                &out,
+                &format!("ofi provider {provider} with {n} ranks"),
+                &["algorithms", "concurrent"],
+            );
+        }
+    }
+}
+
 #[test]
 fn hierarchical_algorithms_with_several_nodes() {
     // Blocks of consecutive ranks act as nodes, so the hierarchical algorithms have several

@@ -25,12 +25,16 @@ fn bin(name: &str) -> PathBuf {
 }
 
 fn oxrun(n: u32, fabric: &str, args: &[&str]) -> Output {
+    oxrun_env(n, &[("OXMPI_FABRIC", fabric)], args)
+}
+
+fn oxrun_env(n: u32, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(bin("oxrun"))
         .arg("-n")
         .arg(n.to_string())
         .arg(bin("examples/suite"))
         .args(args)
-        .env("OXMPI_FABRIC", fabric)
+        .envs(env.iter().copied())
         .env("OXMPI_BOOT_TIMEOUT", "60")
         .output()
         .expect("oxrun runs")
@@ -47,9 +51,13 @@ fn check(out: &Output, what: &str) {
 }
 
 fn all_scenarios(fabric: &str) {
+    all_scenarios_env(&[("OXMPI_FABRIC", fabric)]);
+}
+
+fn all_scenarios_env(env: &[(&str, &str)]) {
     for n in [2, 3, 4, 8] {
-        let out = oxrun(n, fabric, &["all"]);
-        check(&out, &format!("{fabric} with {n} ranks"));
+        let out = oxrun_env(n, env, &["all"]);
+        check(&out, &format!("{env:?} with {n} ranks"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         for s in [
             "flood",
@@ -65,6 +73,15 @@ fn all_scenarios(fabric: &str) {
                 "{stdout}"
             );
         }
+    }
+}
+
+/// The same scenarios over libfabric's tcp (with ofi_rxm) and shm providers.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_all_scenarios_over_tcp_and_shm_providers() {
+    for provider in ["tcp;ofi_rxm", "shm"] {
+        all_scenarios_env(&[("OXMPI_FABRIC", "ofi"), ("OXMPI_OFI_PROVIDER", provider)]);
     }
 }
 

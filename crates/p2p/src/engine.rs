@@ -61,6 +61,8 @@ struct SendReq {
     sync: bool,
     state: SendState,
     rreq: u64,
+    /// The key a read-rendezvous RTS advertised; handed back to the fabric on completion.
+    rkey: Option<RemoteKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ enum RecvState {
     Read {
         sreq: u64,
         addr: u64,
+        key: u64,
     },
 }
 
@@ -135,6 +138,8 @@ pub struct Engine {
     txq: Vec<VecDeque<Tx>>,
     tx_active: Vec<Rank>,
     reads: VecDeque<ReqId>,
+    /// Remote keys of finished sends, to hand back to the fabric.
+    key_releases: Vec<(Rank, RemoteKey)>,
     dead: Vec<Option<String>>,
     pool: Vec<Vec<u8>>,
     protocol_errors: u64,
@@ -160,6 +165,7 @@ impl Engine {
             txq: (0..n).map(|_| VecDeque::new()).collect(),
             tx_active: Vec::new(),
             reads: VecDeque::new(),
+            key_releases: Vec::new(),
             dead: vec![None; n],
             pool: Vec::new(),
             protocol_errors: 0,
@@ -265,14 +271,23 @@ impl Engine {
         });
         // Lent buffers go back to their scope now (dropped with the old state); an owned
         // receive buffer travels with the completion.
-        if let SlotState::Recv(r) = std::mem::replace(&mut slot.state, done) {
-            if r.alloc {
+        let mut key_release = None;
+        match std::mem::replace(&mut slot.state, done) {
+            SlotState::Recv(r) if r.alloc => {
                 if let (Some(buf), SlotState::Done(c)) = (r.buf, &mut slot.state) {
                     c.data = buf.into_vec();
                 }
             }
+            SlotState::Send(SendReq {
+                dest,
+                rkey: Some(key),
+                ..
+            }) => key_release = Some((dest, key)),
+            _ => {}
         }
-        if slot.detached {
+        let detached = slot.detached;
+        self.key_releases.extend(key_release);
+        if detached {
             self.release(id);
         }
     }
@@ -439,6 +454,7 @@ impl Engine {
             sync,
             state: SendState::Queued,
             rreq: 0,
+            rkey: None,
         }));
         if let Some(why) = &self.dead[dest as usize] {
             let why = why.clone();
@@ -499,6 +515,7 @@ impl Engine {
             sync,
             state: SendState::AwaitFin,
             rreq: 0,
+            rkey: None,
         }));
         self.queues(ctx).push_unexpected(Unexpected {
             src: me,
@@ -677,7 +694,9 @@ impl Engine {
                     self.push_tx(u.src, Tx::Ack { sreq });
                 }
             }
-            Body::Rts { sreq, addr } => self.start_rndv_recv(rid, u.src, u.tag, u.len, sreq, addr),
+            Body::Rts { sreq, remote } => {
+                self.start_rndv_recv(rid, u.src, u.tag, u.len, sreq, remote)
+            }
             Body::SelfSend { sreq } => {
                 let data = self.send_req(sreq).and_then(|s| s.data.take());
                 if let Some(data) = data {
@@ -700,7 +719,7 @@ impl Engine {
         tag: i32,
         len: u64,
         sreq: u64,
-        addr: Option<u64>,
+        remote: Option<(u64, u64)>,
     ) {
         let Some(r) = self.recv_req(rid) else { return };
         if r.alloc {
@@ -710,9 +729,9 @@ impl Engine {
         r.msg_tag = tag;
         r.len = len;
         r.got = 0;
-        match addr {
-            Some(addr) => {
-                r.state = RecvState::Read { sreq, addr };
+        match remote {
+            Some((addr, key)) => {
+                r.state = RecvState::Read { sreq, addr, key };
                 self.reads.push_back(rid);
             }
             None => {
@@ -773,6 +792,9 @@ impl Engine {
                 if h.kind == Kind::Eager && h.len != payload.len() as u64 {
                     return self.bad_frame(peer, "eager length does not match its payload");
                 }
+                if h.kind == Kind::Rts && !payload.is_empty() && payload.len() != 8 {
+                    return self.bad_frame(peer, "RTS payload is not a remote key");
+                }
                 let expected = self.recv_seq[peer as usize];
                 let ahead = h.seq.wrapping_sub(expected) as i32;
                 if ahead == 0 {
@@ -819,8 +841,8 @@ impl Engine {
                     }
                 }
                 _ => {
-                    let addr = (h.flags & FLAG_RMA != 0).then_some(h.arg);
-                    self.start_rndv_recv(p.id, peer, h.tag, h.len, h.req, addr)
+                    let remote = rts_remote(h, payload);
+                    self.start_rndv_recv(p.id, peer, h.tag, h.len, h.req, remote)
                 }
             },
             None => {
@@ -831,7 +853,7 @@ impl Engine {
                     },
                     _ => Body::Rts {
                         sreq: h.req,
-                        addr: (h.flags & FLAG_RMA != 0).then_some(h.arg),
+                        remote: rts_remote(h, payload),
                     },
                 };
                 self.queues(h.ctx).push_unexpected(Unexpected {
@@ -906,6 +928,9 @@ impl Engine {
     /// peer involved (see [`Engine::fail_peer`]) and are returned after the rest progressed.
     pub fn progress_tx(&mut self, fabric: &mut dyn Fabric) -> Result<(), FabricError> {
         let mut first_err = None;
+        for (peer, key) in self.key_releases.drain(..) {
+            fabric.release_key(peer, &key);
+        }
         while let Some(rid) = self.reads.pop_front() {
             if let Err(e) = self.do_read(fabric, rid) {
                 first_err.get_or_insert(e);
@@ -935,13 +960,17 @@ impl Engine {
         let Some(r) = self.recv_req(rid) else {
             return Ok(());
         };
-        let RecvState::Read { sreq, addr } = r.state else {
+        let RecvState::Read { sreq, addr, key } = r.state else {
             return Ok(());
         };
         let peer = r.peer;
         let buf = r.buf.as_mut().expect("matched receive has a buffer");
         let n = (buf.len() as u64).min(r.len) as usize;
-        let key = RemoteKey { addr, len: r.len };
+        let key = RemoteKey {
+            addr,
+            len: r.len,
+            key,
+        };
         match fabric.read(peer, key, 0, &mut buf.bytes_mut()[..n]) {
             Ok(()) => {
                 self.push_tx(peer, Tx::Fin { sreq });
@@ -973,8 +1002,14 @@ impl Engine {
                         continue;
                     };
                     let eager = matches!(tx, Tx::Eager(_));
+                    let read = !eager && s.proto == Protocol::RndvRead;
+                    if read && s.rkey.is_none() {
+                        // Once per send: a retried RTS reuses the key (and its registration).
+                        let data = s.data.as_ref().expect("queued send has data");
+                        s.rkey = Some(fabric.remote_key(peer, data)?);
+                    }
+                    let rkey = s.rkey;
                     let data = s.data.as_ref().expect("queued send has data");
-                    let read = s.proto == Protocol::RndvRead;
                     let h = FrameHeader {
                         kind: if eager { Kind::Eager } else { Kind::Rts },
                         flags: if eager && s.sync { FLAG_SYNC } else { 0 }
@@ -987,13 +1022,17 @@ impl Engine {
                         // Only the receivers of synchronous sends and RTS answer with this id;
                         // zero otherwise lets a fabric store a shorter header.
                         req: if eager && !s.sync { 0 } else { id },
-                        arg: if read {
-                            fabric.remote_key(data).addr
-                        } else {
-                            0
-                        },
+                        arg: rkey.map_or(0, |k| k.addr),
                     };
-                    let payload = if eager { data.bytes() } else { &[][..] };
+                    // An RTS carries the protection key, where the fabric has one, as its payload.
+                    let key_bytes = rkey.map_or(0, |k| k.key).to_le_bytes();
+                    let payload = if eager {
+                        data.bytes()
+                    } else if rkey.is_some_and(|k| k.key != 0) {
+                        &key_bytes[..]
+                    } else {
+                        &[][..]
+                    };
                     let sent = fabric.send(peer, &h.encode(), payload)?;
                     if sent == Sent::Done {
                         let st = Status {
@@ -1151,4 +1190,12 @@ impl Engine {
             _ => None,
         })
     }
+}
+
+/// The remote address and key of an RTS that offers a read (the key travels as its payload).
+fn rts_remote(h: &FrameHeader, payload: &[u8]) -> Option<(u64, u64)> {
+    (h.flags & FLAG_RMA != 0).then(|| {
+        let key = payload.try_into().map_or(0, u64::from_le_bytes);
+        (h.arg, key)
+    })
 }

@@ -32,8 +32,8 @@ pub enum Body {
     Rts {
         /// Sender's request id.
         sreq: u64,
-        /// Remote address when the receiver may read it directly.
-        addr: Option<u64>,
+        /// Remote address and protection key when the receiver may read it directly.
+        remote: Option<(u64, u64)>,
     },
     /// A send to this same rank, waiting in place.
     SelfSend {

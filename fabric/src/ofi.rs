@@ -1,0 +1,947 @@
+//! The libfabric backend (cargo feature `ofi`): one RDM endpoint per rank, reaching every peer
+//! through an address vector filled from the bootstrap exchange.
+//!
+//! - **Negotiation.** [`Ofi::open`] asks `fi_getinfo` for a reliable-datagram endpoint with
+//!   messages and remote reads (`FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ`), send-after-send
+//!   order, and the memory-registration modes this backend handles (`FI_MR_LOCAL`,
+//!   `FI_MR_VIRT_ADDR`, `FI_MR_ALLOCATED`, `FI_MR_PROV_KEY`). A provider without RMA is
+//!   accepted with reads off (rendezvous then uses the engine's pipeline); when nothing
+//!   matches, the error names what the provider lacks. `OXMPI_OFI_PROVIDER` picks the provider
+//!   (`tcp;ofi_rxm`, `shm`, `verbs;ofi_rxm`, ...), `OXMPI_OFI_DOMAIN` the domain (for the tcp
+//!   provider, the interface); a job on one host prefers the loopback domain `lo`.
+//! - **Frames.** Every frame is one message: an 8-byte prefix (magic, sender rank), the
+//!   48-byte header and the payload. Sends up to the provider's inject size go out with
+//!   `fi_inject` from a scratch buffer; larger ones are copied into one of [`TX_SLOTS`]
+//!   pre-registered bounce buffers, released when their completion is read. Receives land in
+//!   [`RX_SLOTS`] pre-posted, pre-registered buffers and are reposted once the engine has
+//!   seen the frame.
+//! - **Completions.** One completion queue, read in batches by [`Fabric::poll`]; the progress
+//!   engine's polling is what drives a manual-progress provider.
+//! - **Remote reads.** [`Fabric::remote_key`] registers the sender's buffer for remote reads
+//!   (kept until [`Fabric::release_key`]); [`Fabric::read`] issues `fi_read` into the
+//!   receiver's buffer (registered first where the provider needs local registration) and
+//!   reads the completion queue until it completes, keeping frames that arrive meanwhile for
+//!   the next poll.
+//!
+//! Unlike the TCP backend, libfabric offers no per-connection authentication: only peers whose
+//! addresses came through the (authenticated) bootstrap exchange are in the address vector,
+//! but the provider accepts messages from any sender that knows the endpoint's address.
+
+use crate::HEADER_LEN;
+use crate::{Caps, Event, Fabric, FabricError, Header, MemRef, PerfModel, Rank, RemoteKey, Sent};
+use oxmpi_ofi_sys as fi;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_void, CStr, CString};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+/// Prefix of every frame: magic (u32) and sender rank (u32), little-endian.
+const PREFIX: usize = 8;
+const MAGIC: u32 = 0x4f58_4f46; // "OXOF"
+/// Largest payload of one frame.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Default largest eager message.
+pub const EAGER_MAX: usize = 16 * 1024;
+/// Pre-posted receive buffers.
+pub const RX_SLOTS: usize = 64;
+/// Bounce buffers for sends too large to inject.
+pub const TX_SLOTS: usize = 64;
+const SLOT: usize = PREFIX + HEADER_LEN + MAX_PAYLOAD;
+/// Largest inject this backend uses (the provider's limit may be lower).
+const INJECT_CAP: usize = 1024;
+const CQ_BATCH: usize = 16;
+/// How long a remote read may take before it is reported as failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The libfabric API version these bindings ask for.
+const API_VERSION: u32 = fi::make_version(1, 11);
+
+/// A libfabric call's negative return as a readable message.
+fn fi_error(ret: i64, what: &str) -> String {
+    let code = (-ret).clamp(0, i32::MAX as i64) as i32;
+    // SAFETY: fi_strerror returns a pointer to a static NUL-terminated string for any code.
+    let msg = unsafe { CStr::from_ptr(fi::fi_strerror(code)) };
+    format!("{what}: {} ({ret})", msg.to_string_lossy())
+}
+
+fn setup(ret: i64, what: &str) -> Result<(), FabricError> {
+    if ret < 0 {
+        Err(FabricError::Setup(fi_error(ret, what)))
+    } else {
+        Ok(())
+    }
+}
+
+/// What the backend was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct OfiConfig {
+    /// Provider name (`OXMPI_OFI_PROVIDER`); libfabric's first match when `None`.
+    pub provider: Option<String>,
+    /// Domain name (`OXMPI_OFI_DOMAIN`).
+    pub domain: Option<String>,
+    /// Every rank runs on this host: prefer the loopback domain.
+    pub local_only: bool,
+}
+
+impl OfiConfig {
+    /// Reads `OXMPI_OFI_PROVIDER` and `OXMPI_OFI_DOMAIN`.
+    pub fn from_env(local_only: bool) -> Self {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        Self {
+            provider: var("OXMPI_OFI_PROVIDER"),
+            domain: var("OXMPI_OFI_DOMAIN"),
+            local_only,
+        }
+    }
+}
+
+/// An `fi_info` list owned by this backend (freed with `fi_freeinfo`).
+struct InfoList(*mut fi::fi_info);
+
+impl Drop for InfoList {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the list came from fi_getinfo/fi_allocinfo and is freed once, here.
+            unsafe { fi::fi_freeinfo(self.0) };
+        }
+    }
+}
+
+/// Capability bits a request names, for messages.
+const CAP_NAMES: &[(u64, &str)] = &[
+    (fi::FI_MSG as u64, "FI_MSG"),
+    (fi::FI_RMA as u64, "FI_RMA"),
+    (fi::FI_READ as u64, "FI_READ"),
+    (fi::FI_REMOTE_READ as u64, "FI_REMOTE_READ"),
+];
+
+fn cap_names(bits: u64) -> String {
+    let names: Vec<&str> = CAP_NAMES
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    names.join(" | ")
+}
+
+/// Builds hints and calls `fi_getinfo`. `caps` 0 asks for any RDM endpoint (used to explain a
+/// failure).
+fn getinfo(
+    provider: Option<&str>,
+    domain: Option<&str>,
+    caps: u64,
+    strict: bool,
+) -> Result<InfoList, i64> {
+    // SAFETY: fi_allocinfo returns a zeroed fi_info with its attribute structs allocated, or
+    // null.
+    let hints = InfoList(unsafe { fi::oxmpi_fi_allocinfo() });
+    if hints.0.is_null() {
+        return Err(-(fi::FI_ENOMEM as i64));
+    }
+    // SAFETY: hints and its attribute pointers were allocated by fi_allocinfo; the strings
+    // given to it are strdup'ed so fi_freeinfo can free them.
+    unsafe {
+        let h = &mut *hints.0;
+        h.caps = caps;
+        if strict {
+            h.mode = fi::FI_CONTEXT | fi::FI_CONTEXT2;
+            (*h.domain_attr).mr_mode =
+                (fi::FI_MR_LOCAL | fi::FI_MR_VIRT_ADDR | fi::FI_MR_ALLOCATED | fi::FI_MR_PROV_KEY)
+                    as i32;
+            (*h.domain_attr).threading = fi::fi_threading_FI_THREAD_DOMAIN;
+            (*h.tx_attr).msg_order = fi::FI_ORDER_SAS as u64;
+            (*h.rx_attr).msg_order = fi::FI_ORDER_SAS as u64;
+        } else {
+            h.mode = !0;
+            // Every mode bit but the legacy FI_MR_BASIC (1) and FI_MR_SCALABLE (2).
+            (*h.domain_attr).mr_mode = !3;
+        }
+        (*h.ep_attr).type_ = fi::fi_ep_type_FI_EP_RDM;
+        if let Some(p) = provider.and_then(|p| CString::new(p).ok()) {
+            (*h.fabric_attr).prov_name = libc::strdup(p.as_ptr());
+        }
+        if let Some(d) = domain.and_then(|d| CString::new(d).ok()) {
+            (*h.domain_attr).name = libc::strdup(d.as_ptr());
+        }
+    }
+    let mut info = ptr::null_mut();
+    // SAFETY: valid hints; info receives a list we own (freed by InfoList).
+    let ret =
+        unsafe { fi::fi_getinfo(API_VERSION, ptr::null(), ptr::null(), 0, hints.0, &mut info) };
+    if ret < 0 {
+        return Err(ret as i64);
+    }
+    Ok(InfoList(info))
+}
+
+/// Why no provider matched: what the named (or any) provider offers against what was asked.
+fn explain(provider: Option<&str>, domain: Option<&str>, wanted: u64) -> String {
+    let who = provider.map_or("no provider".to_string(), |p| format!("provider {p:?}"));
+    let Ok(any) = getinfo(provider, domain, 0, false) else {
+        let named = provider.map_or("any provider".to_string(), |p| {
+            format!("a provider named {p:?}")
+        });
+        return format!(
+            "libfabric has no {named} with reliable-datagram (RDM) endpoints{} (`fi_info -l` lists the providers)",
+            domain.map_or(String::new(), |d| format!(" in domain {d:?}"))
+        );
+    };
+    let mut lacks = Vec::new();
+    let mut p = any.0;
+    while !p.is_null() {
+        // SAFETY: p walks the list fi_getinfo returned, which `any` keeps alive.
+        let i = unsafe { &*p };
+        let missing = wanted & !i.caps;
+        // SAFETY: attribute pointers of a returned fi_info are valid.
+        let (mr_mode, order) = unsafe { ((*i.domain_attr).mr_mode, (*i.tx_attr).msg_order) };
+        let mut why = Vec::new();
+        if missing != 0 {
+            why.push(format!("lacks {}", cap_names(missing)));
+        }
+        if order & fi::FI_ORDER_SAS as u64 == 0 {
+            why.push("does not keep send-after-send order (FI_ORDER_SAS)".into());
+        }
+        let handled =
+            (fi::FI_MR_LOCAL | fi::FI_MR_VIRT_ADDR | fi::FI_MR_ALLOCATED | fi::FI_MR_PROV_KEY)
+                as i32;
+        if mr_mode & !handled != 0 {
+            why.push(format!(
+                "needs memory-registration modes {:#x} oxmpi does not handle",
+                mr_mode & !handled
+            ));
+        }
+        if i.mode & !(fi::FI_CONTEXT | fi::FI_CONTEXT2) != 0 {
+            why.push(format!(
+                "needs operating modes {:#x}",
+                i.mode & !(fi::FI_CONTEXT | fi::FI_CONTEXT2)
+            ));
+        }
+        // SAFETY: fabric_attr of a returned fi_info is valid; prov_name is a C string or null.
+        let name = unsafe {
+            let n = (*i.fabric_attr).prov_name;
+            if n.is_null() {
+                "?".into()
+            } else {
+                CStr::from_ptr(n).to_string_lossy().into_owned()
+            }
+        };
+        if !why.is_empty() {
+            lacks.push(format!("{name}: {}", why.join(", ")));
+        }
+        p = i.next;
+    }
+    lacks.dedup();
+    if lacks.is_empty() {
+        format!("{who} matched nothing for {}", cap_names(wanted))
+    } else {
+        format!("{who} does not fit: {}", lacks.join("; "))
+    }
+}
+
+/// A memory registration (closed on drop).
+struct Mr(*mut fi::fid_mr);
+
+impl Mr {
+    fn register(
+        domain: *mut fi::fid_domain,
+        mem: *const u8,
+        len: usize,
+        access: u64,
+        requested_key: u64,
+    ) -> Result<Self, String> {
+        let mut mr = ptr::null_mut();
+        // SAFETY: domain is open; mem..mem+len is memory the caller keeps alive while the
+        // registration exists.
+        let ret = unsafe {
+            fi::oxmpi_fi_mr_reg(
+                domain,
+                mem.cast(),
+                len,
+                access,
+                0,
+                requested_key,
+                0,
+                &mut mr,
+                ptr::null_mut(),
+            )
+        };
+        if ret < 0 {
+            return Err(fi_error(ret as i64, "fi_mr_reg"));
+        }
+        Ok(Self(mr))
+    }
+
+    fn desc(&self) -> *mut c_void {
+        // SAFETY: an open registration.
+        unsafe { fi::oxmpi_fi_mr_desc(self.0) }
+    }
+
+    fn key(&self) -> u64 {
+        // SAFETY: an open registration.
+        unsafe { fi::oxmpi_fi_mr_key(self.0) }
+    }
+}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        // SAFETY: closing a registration this backend opened, once.
+        unsafe { fi::oxmpi_fi_close(&mut (*self.0).fid) };
+    }
+}
+
+/// A block of bounce buffers, registered once.
+struct Slab {
+    mem: Box<[u8]>,
+    mr: Option<Mr>,
+}
+
+impl Slab {
+    fn new(domain: *mut fi::fid_domain, bytes: usize, register: bool) -> Result<Self, FabricError> {
+        let mem = vec![0u8; bytes].into_boxed_slice();
+        let mr = if register {
+            let access = (fi::FI_SEND | fi::FI_RECV) as u64;
+            Some(Mr::register(domain, mem.as_ptr(), bytes, access, 0).map_err(FabricError::Setup)?)
+        } else {
+            None
+        };
+        Ok(Self { mem, mr })
+    }
+
+    fn slot(&mut self, i: usize) -> *mut u8 {
+        self.mem[i * SLOT..].as_mut_ptr()
+    }
+
+    fn desc(&self) -> *mut c_void {
+        self.mr.as_ref().map_or(ptr::null_mut(), Mr::desc)
+    }
+}
+
+/// The libfabric objects of one endpoint, closed in reverse order of opening.
+struct Endpoint {
+    fabric: *mut fi::fid_fabric,
+    domain: *mut fi::fid_domain,
+    cq: *mut fi::fid_cq,
+    av: *mut fi::fid_av,
+    ep: *mut fi::fid_ep,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // SAFETY: each object was opened by Ofi::open and is closed once, endpoint first.
+        unsafe {
+            for fid in [
+                self.ep.cast::<fi::fid>(),
+                self.av.cast(),
+                self.cq.cast(),
+                self.domain.cast(),
+                self.fabric.cast(),
+            ] {
+                if !fid.is_null() {
+                    fi::oxmpi_fi_close(fid);
+                }
+            }
+        }
+    }
+}
+
+/// Which operation a completion belongs to, from its context pointer.
+enum Op {
+    Recv(usize),
+    Send(usize),
+    Read,
+}
+
+/// The libfabric fabric of one rank. Fields drop in order: registrations and buffers before
+/// the endpoint that owns their domain.
+pub struct Ofi {
+    rank: Rank,
+    size: u32,
+    caps: Caps,
+    provider: String,
+    addrs: Vec<fi::fi_addr_t>,
+    inject_max: usize,
+    mr_local: bool,
+    virt_addr: bool,
+    prov_key: bool,
+    max_msg: usize,
+    rx: Slab,
+    tx: Slab,
+    tx_free: Vec<usize>,
+    tx_peer: Vec<Rank>,
+    /// Receive slots to post again (the provider said EAGAIN).
+    repost: Vec<usize>,
+    /// Receives completed while a read waited: (slot, length), delivered by the next poll.
+    arrived: VecDeque<(usize, usize)>,
+    /// Outcome of the read in flight.
+    read_done: Option<Result<(), String>>,
+    /// Registrations lent to peers for reads, by key.
+    lent: HashMap<u64, Mr>,
+    next_key: u64,
+    scratch: Box<[u8; PREFIX + HEADER_LEN + INJECT_CAP]>,
+    /// Operation contexts: RX_SLOTS receives, TX_SLOTS sends, one read.
+    ctx: Box<[fi::fi_context2]>,
+    ep: Endpoint,
+    _info: InfoList,
+}
+
+impl Ofi {
+    /// Opens an endpoint as `config` asks. The returned address goes to the peers through
+    /// the bootstrap exchange; [`Ofi::connect`] then takes theirs.
+    pub fn open(rank: Rank, size: u32, config: &OfiConfig) -> Result<Self, FabricError> {
+        let want_rma = (fi::FI_MSG | fi::FI_RMA | fi::FI_READ | fi::FI_REMOTE_READ) as u64;
+        let want_msg = fi::FI_MSG as u64;
+        let provider = config.provider.as_deref();
+        let mut domains: Vec<Option<&str>> = vec![config.domain.as_deref()];
+        if config.domain.is_none() && config.local_only {
+            domains.insert(0, Some("lo"));
+        }
+        let mut found = None;
+        'search: for d in &domains {
+            for caps in [want_rma, want_msg] {
+                if let Ok(list) = getinfo(provider, *d, caps, true) {
+                    found = Some((list, caps == want_rma));
+                    break 'search;
+                }
+            }
+        }
+        let Some((info, rma)) = found else {
+            return Err(FabricError::Setup(format!(
+                "libfabric: {}",
+                explain(provider, config.domain.as_deref(), want_rma)
+            )));
+        };
+        // SAFETY: fi_getinfo returned a non-empty list; its first entry and attributes are
+        // valid while `info` lives.
+        let (i, prov_name, mr_mode, inject, max_msg) = unsafe {
+            let i = info.0;
+            let name = CStr::from_ptr((*(*i).fabric_attr).prov_name)
+                .to_string_lossy()
+                .into_owned();
+            (
+                i,
+                name,
+                (*(*i).domain_attr).mr_mode as u32,
+                (*(*i).tx_attr).inject_size,
+                (*(*i).ep_attr).max_msg_size,
+            )
+        };
+        let mut ep = Endpoint {
+            fabric: ptr::null_mut(),
+            domain: ptr::null_mut(),
+            cq: ptr::null_mut(),
+            av: ptr::null_mut(),
+            ep: ptr::null_mut(),
+        };
+        // SAFETY: each call gets the objects opened before it; failures leave the Endpoint
+        // with what was opened so far, which its Drop closes.
+        unsafe {
+            setup(
+                fi::oxmpi_fi_fabric((*i).fabric_attr, &mut ep.fabric) as i64,
+                "fi_fabric",
+            )?;
+            setup(
+                fi::oxmpi_fi_domain(ep.fabric, i, &mut ep.domain) as i64,
+                "fi_domain",
+            )?;
+            let mut cq_attr = fi::fi_cq_attr {
+                size: 4 * (RX_SLOTS + TX_SLOTS),
+                format: fi::fi_cq_format_FI_CQ_FORMAT_MSG,
+                wait_obj: fi::fi_wait_obj_FI_WAIT_NONE,
+                ..Default::default()
+            };
+            setup(
+                fi::oxmpi_fi_cq_open(ep.domain, &mut cq_attr, &mut ep.cq) as i64,
+                "fi_cq_open",
+            )?;
+            let mut av_attr = fi::fi_av_attr {
+                type_: fi::fi_av_type_FI_AV_TABLE,
+                count: size as usize,
+                ..Default::default()
+            };
+            setup(
+                fi::oxmpi_fi_av_open(ep.domain, &mut av_attr, &mut ep.av) as i64,
+                "fi_av_open",
+            )?;
+            setup(
+                fi::oxmpi_fi_endpoint(ep.domain, i, &mut ep.ep) as i64,
+                "fi_endpoint",
+            )?;
+            let flags = (fi::FI_TRANSMIT | fi::FI_RECV) as u64;
+            setup(
+                fi::oxmpi_fi_ep_bind(ep.ep, &mut (*ep.cq).fid, flags) as i64,
+                "fi_ep_bind(cq)",
+            )?;
+            setup(
+                fi::oxmpi_fi_ep_bind(ep.ep, &mut (*ep.av).fid, 0) as i64,
+                "fi_ep_bind(av)",
+            )?;
+            setup(fi::oxmpi_fi_enable(ep.ep) as i64, "fi_enable")?;
+        }
+        let mr_local = mr_mode & fi::FI_MR_LOCAL != 0;
+        let rx = Slab::new(ep.domain, RX_SLOTS * SLOT, mr_local)?;
+        let tx = Slab::new(ep.domain, TX_SLOTS * SLOT, mr_local)?;
+        let eager_max = crate::shm::env_usize("OXMPI_OFI_EAGER_MAX")
+            .unwrap_or(EAGER_MAX)
+            .min(MAX_PAYLOAD);
+        let caps = Caps {
+            name: "ofi",
+            rma_read: rma,
+            max_payload: MAX_PAYLOAD,
+            eager_max,
+            rndv_read_min: if rma { eager_max + 1 } else { usize::MAX },
+            rndv_read_max: usize::MAX,
+            pipeline_chunk: MAX_PAYLOAD,
+            model: PerfModel {
+                latency_us: 5.0,
+                bandwidth_gbs: 5.0,
+            },
+        };
+        let mut me = Self {
+            rank,
+            size,
+            caps,
+            provider: prov_name,
+            addrs: Vec::new(),
+            inject_max: inject.min(INJECT_CAP + PREFIX + HEADER_LEN),
+            mr_local,
+            virt_addr: mr_mode & fi::FI_MR_VIRT_ADDR != 0,
+            prov_key: mr_mode & fi::FI_MR_PROV_KEY != 0,
+            max_msg: max_msg.clamp(4096, 1 << 30),
+            rx,
+            tx,
+            tx_free: (0..TX_SLOTS).rev().collect(),
+            tx_peer: vec![0; TX_SLOTS],
+            repost: Vec::new(),
+            arrived: VecDeque::new(),
+            read_done: None,
+            lent: HashMap::new(),
+            next_key: 1,
+            scratch: Box::new([0; PREFIX + HEADER_LEN + INJECT_CAP]),
+            ctx: vec![fi::fi_context2::default(); RX_SLOTS + TX_SLOTS + 1].into_boxed_slice(),
+            ep,
+            _info: info,
+        };
+        for slot in 0..RX_SLOTS {
+            me.post_recv(slot)?;
+        }
+        Ok(me)
+    }
+
+    /// The provider in use.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// This endpoint's address, for the peers.
+    pub fn address(&self) -> Result<Vec<u8>, FabricError> {
+        let mut buf = vec![0u8; 256];
+        let mut len = buf.len();
+        // SAFETY: an enabled endpoint; buf has len bytes.
+        let ret =
+            unsafe { fi::oxmpi_fi_getname(self.ep.ep.cast(), buf.as_mut_ptr().cast(), &mut len) };
+        setup(ret as i64, "fi_getname")?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Fills the address vector with every rank's address (`addrs[r]` for rank `r`).
+    pub fn connect(&mut self, addrs: &[Vec<u8>]) -> Result<(), FabricError> {
+        if addrs.len() != self.size as usize {
+            return Err(FabricError::Setup(format!(
+                "{} addresses for {} ranks",
+                addrs.len(),
+                self.size
+            )));
+        }
+        self.addrs = vec![0; addrs.len()];
+        for (r, a) in addrs.iter().enumerate() {
+            // SAFETY: an open address vector; `a` holds one address in the provider's format
+            // (as fi_getname produced it on rank r); one fi_addr_t is written.
+            let ret = unsafe {
+                fi::oxmpi_fi_av_insert(self.ep.av, a.as_ptr().cast(), 1, &mut self.addrs[r], 0)
+            };
+            if ret != 1 {
+                return Err(FabricError::Setup(fi_error(
+                    ret.min(0) as i64,
+                    &format!("fi_av_insert of rank {r}'s address"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn ctx_ptr(&mut self, i: usize) -> *mut c_void {
+        (&mut self.ctx[i] as *mut fi::fi_context2).cast()
+    }
+
+    fn op_of(&self, ctx: *mut c_void) -> Option<Op> {
+        let base = self.ctx.as_ptr() as usize;
+        let off = (ctx as usize).checked_sub(base)?;
+        let i = off / std::mem::size_of::<fi::fi_context2>();
+        match i {
+            _ if i < RX_SLOTS => Some(Op::Recv(i)),
+            _ if i < RX_SLOTS + TX_SLOTS => Some(Op::Send(i - RX_SLOTS)),
+            _ if i == RX_SLOTS + TX_SLOTS => Some(Op::Read),
+            _ => None,
+        }
+    }
+
+    fn post_recv(&mut self, slot: usize) -> Result<(), FabricError> {
+        let ctx = self.ctx_ptr(slot);
+        let buf = self.rx.slot(slot);
+        let desc = self.rx.desc();
+        // SAFETY: the slot's SLOT bytes stay allocated (and registered) until the endpoint
+        // is closed; its context is unique to it.
+        let ret = unsafe { fi::oxmpi_fi_recv(self.ep.ep, buf.cast(), SLOT, desc, u64::MAX, ctx) };
+        match ret {
+            0 => Ok(()),
+            r if r == -(fi::FI_EAGAIN as isize) => {
+                self.repost.push(slot);
+                Ok(())
+            }
+            r => Err(FabricError::Setup(fi_error(r as i64, "fi_recv"))),
+        }
+    }
+
+    /// Reads completions. Receives go to `arrived` (handed out by `poll`); sends free their
+    /// slots; the read sets `read_done`. Returns how many completions it read.
+    fn reap(&mut self) -> Result<usize, FabricError> {
+        let mut total = 0;
+        loop {
+            let mut entries = [fi::fi_cq_msg_entry::default(); CQ_BATCH];
+            // SAFETY: an open CQ of FI_CQ_FORMAT_MSG entries; room for CQ_BATCH of them.
+            let ret =
+                unsafe { fi::oxmpi_fi_cq_read(self.ep.cq, entries.as_mut_ptr().cast(), CQ_BATCH) };
+            if ret == -(fi::FI_EAGAIN as isize) {
+                return Ok(total);
+            }
+            if ret == -(fi::FI_EAVAIL as isize) {
+                self.cq_error()?;
+                total += 1;
+                continue;
+            }
+            if ret < 0 {
+                return Err(FabricError::Setup(fi_error(ret as i64, "fi_cq_read")));
+            }
+            let n = ret as usize;
+            for e in &entries[..n] {
+                match self.op_of(e.op_context) {
+                    Some(Op::Recv(slot)) => self.arrived.push_back((slot, e.len)),
+                    Some(Op::Send(slot)) => self.tx_free.push(slot),
+                    Some(Op::Read) => self.read_done = Some(Ok(())),
+                    None => {}
+                }
+            }
+            total += n;
+            if n < CQ_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Reads one error completion and reports it against its operation.
+    fn cq_error(&mut self) -> Result<(), FabricError> {
+        let mut e = fi::fi_cq_err_entry::default();
+        // SAFETY: an open CQ; e is a valid error entry to fill.
+        let ret = unsafe { fi::oxmpi_fi_cq_readerr(self.ep.cq, &mut e, 0) };
+        if ret < 0 {
+            return Ok(());
+        }
+        let mut text = [0 as libc::c_char; 256];
+        // SAFETY: fi_cq_strerror writes at most len bytes into text and returns a C string
+        // (text or a static one).
+        let why = unsafe {
+            let s = fi::oxmpi_fi_cq_strerror(
+                self.ep.cq,
+                e.prov_errno,
+                e.err_data,
+                text.as_mut_ptr(),
+                text.len(),
+            );
+            if s.is_null() {
+                format!("error {}", e.err)
+            } else {
+                CStr::from_ptr(s).to_string_lossy().into_owned()
+            }
+        };
+        match self.op_of(e.op_context) {
+            Some(Op::Recv(slot)) => {
+                // A failed or truncated receive: the frame is lost; say so, keep the slot.
+                eprintln!("oxmpi: ofi receive failed ({why}); frame dropped");
+                self.post_recv(slot)
+            }
+            Some(Op::Send(slot)) => {
+                self.tx_free.push(slot);
+                Err(FabricError::PeerLost {
+                    peer: self.tx_peer[slot],
+                    why: format!("libfabric send failed: {why}"),
+                })
+            }
+            Some(Op::Read) => {
+                self.read_done = Some(Err(why));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Hands one received frame to `on` and posts its buffer again.
+    fn deliver(
+        &mut self,
+        slot: usize,
+        len: usize,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), FabricError> {
+        let bytes = &self.rx.mem[slot * SLOT..slot * SLOT + len.min(SLOT)];
+        let word = |i: usize| {
+            bytes
+                .get(i..i + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        };
+        let result = match (word(0), word(4)) {
+            (Some(MAGIC), Some(src)) if src < self.size && len >= PREFIX + HEADER_LEN => {
+                let header: &Header = bytes[PREFIX..PREFIX + HEADER_LEN]
+                    .try_into()
+                    .expect("header length");
+                on(Event::Frame {
+                    peer: src,
+                    header,
+                    payload: &bytes[PREFIX + HEADER_LEN..],
+                });
+                Ok(())
+            }
+            (Some(MAGIC), Some(src)) if src < self.size => Err(FabricError::BadFrame {
+                peer: src,
+                why: format!("{len}-byte message is shorter than a frame"),
+            }),
+            _ => {
+                eprintln!("oxmpi: ofi: dropped a {len}-byte message that is not an oxmpi frame");
+                Ok(())
+            }
+        };
+        self.post_recv(slot)?;
+        result
+    }
+
+    fn frame_prefix(&self) -> [u8; PREFIX] {
+        let mut p = [0u8; PREFIX];
+        p[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        p[4..].copy_from_slice(&self.rank.to_le_bytes());
+        p
+    }
+
+    fn peer_addr(&self, peer: Rank) -> Result<fi::fi_addr_t, FabricError> {
+        self.addrs
+            .get(peer as usize)
+            .copied()
+            .ok_or_else(|| FabricError::PeerLost {
+                peer,
+                why: "no libfabric address for this rank".into(),
+            })
+    }
+}
+
+impl Fabric for Ofi {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn caps(&self, _peer: Rank) -> &Caps {
+        &self.caps
+    }
+
+    fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
+        let dest = self.peer_addr(peer)?;
+        let total = PREFIX + HEADER_LEN + payload.len();
+        let prefix = self.frame_prefix();
+        let eagain = -(fi::FI_EAGAIN as isize);
+        if total <= self.inject_max {
+            let buf = &mut self.scratch[..total];
+            buf[..PREFIX].copy_from_slice(&prefix);
+            buf[PREFIX..PREFIX + HEADER_LEN].copy_from_slice(header);
+            buf[PREFIX + HEADER_LEN..].copy_from_slice(payload);
+            // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+            let ret = unsafe { fi::oxmpi_fi_inject(self.ep.ep, buf.as_ptr().cast(), total, dest) };
+            return match ret {
+                0 => Ok(Sent::Done),
+                r if r == eagain => {
+                    self.reap()?;
+                    Ok(Sent::WouldBlock)
+                }
+                r => Err(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, "fi_inject"),
+                }),
+            };
+        }
+        if self.tx_free.is_empty() {
+            self.reap()?;
+        }
+        let Some(slot) = self.tx_free.pop() else {
+            return Ok(Sent::WouldBlock);
+        };
+        let buf = self.tx.slot(slot);
+        // SAFETY: the slot has SLOT >= total bytes (payload <= MAX_PAYLOAD) and is not in
+        // flight (it was on the free list).
+        unsafe {
+            ptr::copy_nonoverlapping(prefix.as_ptr(), buf, PREFIX);
+            ptr::copy_nonoverlapping(header.as_ptr(), buf.add(PREFIX), HEADER_LEN);
+            ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                buf.add(PREFIX + HEADER_LEN),
+                payload.len(),
+            );
+        }
+        self.tx_peer[slot] = peer;
+        let ctx = self.ctx_ptr(RX_SLOTS + slot);
+        let desc = self.tx.desc();
+        // SAFETY: the slot stays untouched until its completion returns it to the free list.
+        let ret = unsafe { fi::oxmpi_fi_send(self.ep.ep, buf.cast(), total, desc, dest, ctx) };
+        match ret {
+            0 => Ok(Sent::Done),
+            r if r == eagain => {
+                self.tx_free.push(slot);
+                self.reap()?;
+                Ok(Sent::WouldBlock)
+            }
+            r => {
+                self.tx_free.push(slot);
+                Err(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, "fi_send"),
+                })
+            }
+        }
+    }
+
+    fn read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        if !self.caps.rma_read {
+            return Err(FabricError::Rma(format!(
+                "provider {} offers no remote reads",
+                self.provider
+            )));
+        }
+        let src = self.peer_addr(peer)?;
+        let local = if self.mr_local && !dst.is_empty() {
+            Some(
+                Mr::register(
+                    self.ep.domain,
+                    dst.as_ptr(),
+                    dst.len(),
+                    fi::FI_READ as u64,
+                    0,
+                )
+                .map_err(FabricError::Rma)?,
+            )
+        } else {
+            None
+        };
+        let desc = local.as_ref().map_or(ptr::null_mut(), Mr::desc);
+        let ctx = self.ctx_ptr(RX_SLOTS + TX_SLOTS);
+        let mut done = 0usize;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(self.max_msg);
+            let at = remote.addr + offset + done as u64;
+            self.read_done = None;
+            let deadline = Instant::now() + READ_TIMEOUT;
+            loop {
+                // SAFETY: dst[done..done + n] is registered (or the provider needs no local
+                // registration) and stays borrowed until the completion is read below.
+                let ret = unsafe {
+                    fi::oxmpi_fi_read(
+                        self.ep.ep,
+                        dst[done..].as_mut_ptr().cast(),
+                        n,
+                        desc,
+                        src,
+                        at,
+                        remote.key,
+                        ctx,
+                    )
+                };
+                if ret == 0 {
+                    break;
+                }
+                if ret != -(fi::FI_EAGAIN as isize) {
+                    return Err(FabricError::Rma(fi_error(ret as i64, "fi_read")));
+                }
+                self.reap()?;
+                if Instant::now() > deadline {
+                    return Err(FabricError::Rma("fi_read stayed busy".into()));
+                }
+            }
+            loop {
+                self.reap()?;
+                match self.read_done.take() {
+                    Some(Ok(())) => break,
+                    Some(Err(why)) => return Err(FabricError::Rma(why)),
+                    None if Instant::now() > deadline => {
+                        // The read may still land: keep its buffer alive by failing the peer.
+                        return Err(FabricError::PeerLost {
+                            peer,
+                            why: format!(
+                                "remote read of {n} bytes did not complete in {READ_TIMEOUT:?}"
+                            ),
+                        });
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+        for slot in std::mem::take(&mut self.repost) {
+            self.post_recv(slot)?;
+        }
+        self.reap()?;
+        let mut n = 0;
+        while let Some((slot, len)) = self.arrived.pop_front() {
+            self.deliver(slot, len, on)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // The completion queue has no wait object (not every provider offers one): sleep in
+        // short slices; the engine polls again after each.
+        std::thread::sleep(timeout.min(Duration::from_micros(200)));
+    }
+
+    fn remote_key(&mut self, _peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
+        let b = mem.bytes();
+        let requested = if self.prov_key { 0 } else { self.next_key };
+        self.next_key += 1;
+        let mr = Mr::register(
+            self.ep.domain,
+            b.as_ptr(),
+            b.len(),
+            fi::FI_REMOTE_READ as u64,
+            requested,
+        )
+        .map_err(FabricError::Rma)?;
+        let key = mr.key();
+        self.lent.insert(key, mr);
+        Ok(RemoteKey {
+            addr: if self.virt_addr { b.as_ptr() as u64 } else { 0 },
+            len: b.len() as u64,
+            key,
+        })
+    }
+
+    fn release_key(&mut self, _peer: Rank, key: &RemoteKey) {
+        self.lent.remove(&key.key);
+    }
+}
