@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every oxmpi test: formatting, lints, unit and harness tests, and the end-to-end tests
 # that start real jobs through oxrun over shared memory, TCP and libfabric. Installs what it
-# needs (libfabric-dev and libclang-dev for the ofi bindings).
+# needs (libfabric-dev, libibverbs-dev and libclang-dev for the ofi and verbs bindings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,9 @@ command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 # libfabric's headers and libclang for the ofi-sys bindings; fi_info for the provider checks.
 pkg-config --exists libfabric 2>/dev/null || need_pkgs+=(libfabric-dev)
 command -v fi_info >/dev/null 2>&1 || need_pkgs+=(libfabric-bin)
+# The verbs bindings are generated from libibverbs' headers (the library itself is loaded at
+# run time, so the binaries run without it).
+[ -f /usr/include/infiniband/verbs.h ] || need_pkgs+=(libibverbs-dev)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -25,9 +28,9 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-# The ofi backend is built and tested everywhere: the same feature set for every step, so no
-# step rebuilds the binaries the end-to-end tests launch without it.
-features=(--features oxmpi/ofi,oxmpi-fabric/ofi)
+# The ofi and verbs backends are built and tested everywhere: the same feature set for every
+# step, so no step rebuilds the binaries the end-to-end tests launch without them.
+features=(--features oxmpi/ofi,oxmpi-fabric/ofi,oxmpi/verbs,oxmpi-fabric/verbs)
 cargo clippy --workspace --all-targets "${features[@]}" --quiet -- -D warnings
 echo "== cargo build (binaries and examples the end-to-end tests launch)"
 cargo build --workspace --bins --examples "${features[@]}" --quiet

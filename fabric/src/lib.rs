@@ -8,7 +8,9 @@
 //!
 //! Backends: [`loopback`] (threads in one process, the test harness), [`shm`] (per-peer rings
 //! in a shared mapping, single-copy reads with `process_vm_readv`), [`tcp`] (non-blocking
-//! sockets with epoll) and, with the `ofi` feature, `ofi` (libfabric RDM endpoints). [`router`]
+//! sockets with epoll), [`verbs`] (InfiniBand reliable connections; the real device with the
+//! `verbs` feature, an in-process fake NIC always) and, with the `ofi` feature, `ofi`
+//! (libfabric RDM endpoints). [`router`]
 //! picks one per peer by locality.
 //!
 //! Back-pressure is a status ([`Sent::WouldBlock`]), never an error: the caller keeps the frame
@@ -25,6 +27,7 @@ pub mod router;
 pub mod shm;
 mod sys;
 pub mod tcp;
+pub mod verbs;
 pub mod wireup;
 
 pub use memory::{lend_scope, Lender, MemMut, MemRef, Region, RegionError};

@@ -52,6 +52,8 @@ const INJECT_CAP: usize = 1024;
 const CQ_BATCH: usize = 16;
 /// How long a remote read may take before it is reported as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// `FI_ADDR_NOTAVAIL`: no address (a peer this endpoint does not reach).
+const ADDR_NONE: fi::fi_addr_t = u64::MAX;
 /// The libfabric API version these bindings ask for.
 const API_VERSION: u32 = fi::make_version(1, 11);
 
@@ -235,6 +237,50 @@ fn explain(provider: Option<&str>, domain: Option<&str>, wanted: u64) -> String 
     } else {
         format!("{who} does not fit: {}", lacks.join("; "))
     }
+}
+
+/// Providers that run over the host's own network stack or memory: `auto` does not prefer
+/// them to oxmpi's own TCP and shared-memory backends.
+const SOFTWARE_PROVIDERS: &[&str] = &["tcp", "udp", "sockets", "shm", "sm2", "net"];
+
+/// The provider `auto` would use between nodes: `OXMPI_OFI_PROVIDER` if set and usable, else
+/// the first provider that is not a software one. The error says why there is none.
+pub fn network_provider(config: &OfiConfig) -> Result<String, String> {
+    let want = fi::FI_MSG as u64;
+    let list = getinfo(
+        config.provider.as_deref(),
+        config.domain.as_deref(),
+        want,
+        true,
+    )
+    .map_err(|_| explain(config.provider.as_deref(), config.domain.as_deref(), want))?;
+    let mut seen = Vec::new();
+    let mut p = list.0;
+    while !p.is_null() {
+        // SAFETY: p walks the list fi_getinfo returned, which `list` keeps alive; prov_name is
+        // a C string or null.
+        let (name, next) = unsafe {
+            let n = (*(*p).fabric_attr).prov_name;
+            let name = if n.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(n).to_string_lossy().into_owned()
+            };
+            (name, (*p).next)
+        };
+        let core = name.split(';').next().unwrap_or("");
+        if config.provider.is_some() || !SOFTWARE_PROVIDERS.contains(&core) {
+            return Ok(name);
+        }
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+        p = next;
+    }
+    Err(format!(
+        "only software providers ({}), which oxmpi's own tcp and shm backends replace",
+        seen.join(", ")
+    ))
 }
 
 /// A memory registration (closed on drop).
@@ -543,7 +589,8 @@ impl Ofi {
         Ok(buf)
     }
 
-    /// Fills the address vector with every rank's address (`addrs[r]` for rank `r`).
+    /// Fills the address vector with every rank's address (`addrs[r]` for rank `r`; an empty
+    /// entry for a rank this endpoint does not reach).
     pub fn connect(&mut self, addrs: &[Vec<u8>]) -> Result<(), FabricError> {
         if addrs.len() != self.size as usize {
             return Err(FabricError::Setup(format!(
@@ -552,8 +599,12 @@ impl Ofi {
                 self.size
             )));
         }
-        self.addrs = vec![0; addrs.len()];
+        self.addrs = vec![ADDR_NONE; addrs.len()];
         for (r, a) in addrs.iter().enumerate() {
+            if a.is_empty() {
+                // A peer reached by another backend (or this rank): no address.
+                continue;
+            }
             // SAFETY: an open address vector; `a` holds one address in the provider's format
             // (as fi_getname produced it on rank r); one fi_addr_t is written.
             let ret = unsafe {
@@ -733,6 +784,7 @@ impl Ofi {
         self.addrs
             .get(peer as usize)
             .copied()
+            .filter(|&a| a != ADDR_NONE)
             .ok_or_else(|| FabricError::PeerLost {
                 peer,
                 why: "no libfabric address for this rank".into(),

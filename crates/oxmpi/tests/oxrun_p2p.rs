@@ -85,6 +85,81 @@ fn ofi_all_scenarios_over_tcp_and_shm_providers() {
     }
 }
 
+/// `auto` between pseudo-hosts (`OXMPI_NODE_SIZE`): shared memory within, and here, where
+/// there is no RDMA device and libfabric has only software providers, TCP between, with the
+/// reasons printed under `OXMPI_DEBUG`.
+#[test]
+fn auto_picks_shm_within_and_the_best_network_between_hosts() {
+    let out = Command::new(bin("oxrun"))
+        .args(["-n", "4"])
+        .arg(bin("examples/fabric_info"))
+        .envs([("OXMPI_NODE_SIZE", "2"), ("OXMPI_DEBUG", "1")])
+        .output()
+        .expect("oxrun runs");
+    check(&out, "fabric_info");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (a, b, fabric) in [(0, 1, "shm"), (0, 2, "tcp"), (3, 2, "shm"), (3, 0, "tcp")] {
+        assert!(
+            stdout.contains(&format!("rank {a} -> {b}: {fabric}")),
+            "{stdout}"
+        );
+    }
+    for r in 0..4 {
+        assert!(
+            stderr.contains(&format!(
+                "oxmpi[{r}]: auto: shm within a host, tcp between hosts"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("oxmpi[{r}]: verbs: not used: ")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("oxmpi[{r}]: ofi: not used: ")),
+            "{stderr}"
+        );
+    }
+    // The p2p scenarios over the mixed routes.
+    all_scenarios_env(&[("OXMPI_NODE_SIZE", "2")]);
+}
+
+/// A provider named explicitly counts as a network fabric: `auto` then routes shared memory
+/// within pseudo-hosts and libfabric between them, and every scenario passes over the mix.
+#[cfg(feature = "ofi")]
+#[test]
+fn auto_with_a_named_provider_uses_ofi_between_hosts() {
+    let env = [
+        ("OXMPI_NODE_SIZE", "2"),
+        ("OXMPI_OFI_PROVIDER", "tcp;ofi_rxm"),
+    ];
+    let out = Command::new(bin("oxrun"))
+        .args(["-n", "4"])
+        .arg(bin("examples/fabric_info"))
+        .envs(env)
+        .output()
+        .expect("oxrun runs");
+    check(&out, "fabric_info");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rank 0 -> 1: shm"), "{stdout}");
+    assert!(stdout.contains("rank 0 -> 2: ofi"), "{stdout}");
+    all_scenarios_env(&env);
+}
+
+/// Without a device, `OXMPI_FABRIC=verbs` ends the job at start-up with the reason.
+#[cfg(feature = "verbs")]
+#[test]
+fn forced_verbs_without_a_device_says_so() {
+    if std::path::Path::new("/sys/class/infiniband").exists() {
+        return; // a machine with RDMA devices: scripts/ib-smoke.sh covers it
+    }
+    let out = oxrun(2, "verbs", &["all"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no RDMA device"), "{stderr}");
+}
+
 #[test]
 fn shm_all_scenarios_2_3_4_8_ranks() {
     all_scenarios("shm");

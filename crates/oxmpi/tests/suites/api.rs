@@ -1,0 +1,159 @@
+//! The point-to-point API through the public API, ranks being threads of the test process; included by
+//! one test file per fabric (see `loopback_api.rs`).
+
+use super::threads;
+use oxmpi::{test_all, wait_all, wait_any, Error, ANY_SOURCE, ANY_TAG};
+
+#[test]
+fn ring_of_sendrecv_on_every_protocol() {
+    threads(3, |u| {
+        let w = u.world();
+        let (me, n) = (w.rank(), w.size());
+        for len in [0usize, 5, 4096, 5000, 20_000, 300_000] {
+            let send: Vec<u16> = (0..len).map(|i| (i as u16) ^ me as u16).collect();
+            let mut recv = vec![0u16; len];
+            let left = (me + n - 1) % n;
+            let st = w
+                .sendrecv(&send, (me + 1) % n, 1, &mut recv, left, 1)
+                .unwrap();
+            assert_eq!((st.source, st.tag, st.bytes), (left, 1, 2 * len as u64));
+            assert!(recv
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i as u16) ^ left as u16));
+        }
+        w.barrier().unwrap();
+    });
+}
+
+#[test]
+fn scoped_requests_wait_any_and_test_all() {
+    threads(2, |u| {
+        let w = u.world();
+        let peer = 1 - w.rank();
+        let data: Vec<f64> = (0..1000).map(f64::from).collect();
+        let mut a = vec![0f64; 1000];
+        let mut b = vec![0f64; 10];
+        w.scope(|s| {
+            let mut reqs = vec![
+                s.irecv(&mut a, peer, 1).unwrap(),
+                s.irecv(&mut b, peer, 2).unwrap(),
+                s.isend(&data, peer, 1).unwrap(),
+                s.isend(&data[..10], peer, 2).unwrap(),
+            ];
+            let mut seen = 0;
+            while let Some((i, _)) = wait_any(&mut reqs).unwrap() {
+                assert!(!reqs[i].is_active());
+                seen += 1;
+            }
+            assert_eq!(seen, 4);
+            assert!(test_all(&mut reqs).unwrap());
+        });
+        assert_eq!(a, data);
+        assert_eq!(b, data[..10]);
+        // A request dropped without waiting still completes before the scope ends.
+        let mut c = [0u8; 3];
+        w.scope(|s| {
+            let _ = s.irecv(&mut c, peer, 3).unwrap();
+            let r = s.isend(&[1u8, 2, 3], peer, 3).unwrap();
+            drop(r);
+        });
+        assert_eq!(c, [1, 2, 3]);
+    });
+}
+
+#[test]
+fn objects_wildcards_and_truncation() {
+    threads(3, |u| {
+        let w = u.world();
+        if w.rank() == 0 {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                let (v, st): (Vec<String>, _) = w.recv_obj(ANY_SOURCE, ANY_TAG).unwrap();
+                assert_eq!(v[0], format!("from {}", st.source));
+                got.push((st.source, st.tag));
+            }
+            got.sort();
+            assert_eq!(got, [(1, 10), (1, 11), (2, 10), (2, 11)]);
+            w.barrier().unwrap();
+            let mut small = [0u32; 2];
+            let e = w.recv_into(&mut small, 1, 5).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Truncated {
+                        source: 1,
+                        tag: 5,
+                        len: 16,
+                        capacity: 8
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(small, [1, 2]);
+            let (v, _) = w.recv_vec::<u32>(1, 5).unwrap();
+            assert_eq!(v, [9]);
+        } else {
+            let msg = vec![format!("from {}", w.rank())];
+            w.send_obj(&msg, 0, 10).unwrap();
+            let r = w.isend_obj(&msg, 0, 11).unwrap();
+            r.wait().unwrap();
+            w.barrier().unwrap();
+            if w.rank() == 1 {
+                w.send(&[1u32, 2, 3, 4], 0, 5).unwrap();
+                w.send(&[9u32], 0, 5).unwrap();
+            }
+        }
+        assert!(matches!(
+            w.send(&[0u8], 3, 0),
+            Err(Error::InvalidRank { rank: 3, size: 3 })
+        ));
+        w.barrier().unwrap();
+    });
+}
+
+#[test]
+fn ssend_and_probe() {
+    threads(2, |u| {
+        let w = u.world();
+        if w.rank() == 0 {
+            w.ssend(&[7u64; 3], 1, 4).unwrap();
+            w.ssend_obj(&"done", 1, 5).unwrap();
+        } else {
+            let st = w.probe(0, ANY_TAG).unwrap();
+            assert_eq!((st.tag, st.bytes, st.count::<u64>().unwrap()), (4, 24, 3));
+            let (v, _) = w.recv_vec::<u64>(0, 4).unwrap();
+            assert_eq!(v, [7; 3]);
+            let (s, _): (String, _) = w.recv_obj(0, 5).unwrap();
+            assert_eq!(s, "done");
+        }
+        let sc = u.self_comm();
+        assert_eq!((sc.rank(), sc.size()), (0, 1));
+        sc.send(&[5u8], 0, 0).unwrap();
+        assert_eq!(sc.recv_vec::<u8>(0, 0).unwrap().0, [5]);
+        wait_all(&mut []).unwrap();
+    });
+}
+
+#[test]
+fn fabric_info_and_counts() {
+    threads(2, |u| {
+        let info = u.fabric_info();
+        let me = u.world().rank();
+        assert!(
+            info.contains(&format!("rank {me} -> {}: {}", 1 - me, super::NAME)),
+            "{info}"
+        );
+        assert!(info.contains(&format!("rank {me} -> {me}: self")), "{info}");
+        let st = oxmpi::Status {
+            source: 0,
+            tag: 0,
+            bytes: 10,
+        };
+        assert_eq!(st.count::<u8>().unwrap(), 10);
+        assert!(matches!(
+            st.count::<u32>(),
+            Err(Error::Count { bytes: 10, elem: 4 })
+        ));
+    });
+}

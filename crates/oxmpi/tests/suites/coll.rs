@@ -1,0 +1,431 @@
+//! Collectives, communicators and topologies through the public API, ranks being threads of the test process; included by
+//! one test file per fabric (see `loopback_api.rs`).
+
+use super::{fabrics, threads};
+use oxmpi::{dims_create, Error, GroupRelation, LocF64, Op, Universe, UserOp};
+
+#[test]
+fn buffer_collectives_blocking_and_in_place() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size() as usize);
+            let mut v = if me == 1 % w.size() {
+                vec![7u32, 8, 9]
+            } else {
+                vec![0; 3]
+            };
+            w.bcast(&mut v, 1 % w.size()).unwrap();
+            assert_eq!(v, [7, 8, 9]);
+
+            let mut sum = [0.0f64; 2];
+            w.allreduce(&[me as f64, 1.0], &mut sum, Op::Sum).unwrap();
+            assert_eq!(sum, [(p * (p - 1) / 2) as f64, p as f64]);
+            let mut buf = [me as i64];
+            w.allreduce_in_place(&mut buf, Op::Max).unwrap();
+            assert_eq!(buf, [p as i64 - 1]);
+
+            let mut loc = [LocF64::default()];
+            let val = [LocF64::new((me as f64 - 1.0).abs(), me as i64)];
+            w.allreduce(&val, &mut loc, Op::MinLoc).unwrap();
+            let want = if p == 1 {
+                LocF64::new(1.0, 0)
+            } else {
+                LocF64::new(0.0, 1)
+            };
+            assert_eq!(loc[0], want);
+
+            let mut red = vec![0u64; if me == 0 { 1 } else { 0 }];
+            w.reduce(&[me as u64 + 1], &mut red, Op::Prod, 0).unwrap();
+            if me == 0 {
+                assert_eq!(red[0], (1..=p as u64).product::<u64>());
+            }
+
+            let mut all = vec![0u32; p];
+            w.allgather(&[me * 10], &mut all).unwrap();
+            assert_eq!(all, (0..p as u32).map(|r| r * 10).collect::<Vec<_>>());
+            let mut ip: Vec<u32> = (0..p as u32)
+                .map(|r| if r == me { r + 100 } else { 0 })
+                .collect();
+            w.allgather_in_place(&mut ip).unwrap();
+            assert_eq!(ip, (0..p as u32).map(|r| r + 100).collect::<Vec<_>>());
+
+            let send: Vec<u32> = (0..p as u32).map(|d| me * 100 + d).collect();
+            let mut recv = vec![0u32; p];
+            w.alltoall(&send, &mut recv).unwrap();
+            assert_eq!(
+                recv,
+                (0..p as u32).map(|s| s * 100 + me).collect::<Vec<_>>()
+            );
+
+            let mut g = vec![0u8; if me == 0 { 2 * p } else { 0 }];
+            w.gather(&[me as u8, 1], &mut g, 0).unwrap();
+            let mut s = [0u8; 2];
+            let src: Vec<u8> = if me == 0 {
+                (0..2 * p as u8).collect()
+            } else {
+                vec![]
+            };
+            w.scatter(&src, &mut s, 0).unwrap();
+            assert_eq!(s, [2 * me as u8, 2 * me as u8 + 1]);
+
+            let mut pre = [0i32];
+            w.scan(&[1], &mut pre, Op::Sum).unwrap();
+            assert_eq!(pre, [me as i32 + 1]);
+            let mut ex = [-1i32];
+            w.exscan(&[1], &mut ex, Op::Sum).unwrap();
+            assert_eq!(ex, [if me == 0 { -1 } else { me as i32 }]);
+
+            let mut rs = [0u32; 2];
+            w.reduce_scatter_block(&vec![1u32; 2 * p], &mut rs, Op::Sum)
+                .unwrap();
+            assert_eq!(rs, [p as u32; 2]);
+
+            // A non-commutative user op keeps rank order: decimal concatenation of
+            // (number, 10^digits) pairs, associative but not commutative.
+            let concat = UserOp::non_commutative(|a: &[u64; 2], b: &[u64; 2]| {
+                [a[0] * b[1] + b[0], a[1] * b[1]]
+            });
+            let mut c = [[0u64; 2]];
+            w.allreduce(&[[me as u64 + 1, 10]], &mut c, concat).unwrap();
+            let want = (1..=p as u64).fold(0, |acc, d| acc * 10 + d);
+            assert_eq!(c[0][0], want);
+            w.barrier().unwrap();
+        });
+    }
+}
+
+#[test]
+fn misuse_is_an_error_on_the_rank_that_made_it() {
+    threads(2, |u| {
+        let w = u.world();
+        let mut short = [0u32; 1];
+        assert!(matches!(
+            w.allreduce(&[1u32, 2], &mut short, Op::Sum),
+            Err(Error::BufferSize {
+                what: "allreduce",
+                ..
+            })
+        ));
+        assert!(matches!(
+            w.bcast(&mut short, 2),
+            Err(Error::InvalidRank { rank: 2, size: 2 })
+        ));
+        let mut f = [0.0f64];
+        assert!(matches!(
+            w.allreduce(&[1.0f64], &mut f, Op::Band),
+            Err(Error::InvalidOp(_))
+        ));
+        assert!(matches!(
+            w.force_algorithm("allreduce", "nope"),
+            Err(Error::Algorithm(_))
+        ));
+        w.force_algorithm("allreduce", "ring").unwrap();
+        let nc = UserOp::non_commutative(|a: &u32, b: &u32| a + b);
+        let mut r = [0u32];
+        assert!(matches!(
+            w.allreduce(&[1u32], &mut r, nc),
+            Err(Error::Algorithm(_))
+        ));
+        w.clear_forced_algorithms();
+        // Mismatched counts: rank 1 expects more than the root sends.
+        let mut b = vec![0u8; if w.rank() == 0 { 4 } else { 8 }];
+        let r = w.bcast(&mut b, 0);
+        if w.rank() == 1 {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::CollectiveMismatch {
+                        rank: 0,
+                        expected: 8,
+                        got: 4
+                    })
+                ),
+                "{r:?}"
+            );
+        } else {
+            r.unwrap();
+        }
+        // The communicator still works afterwards.
+        let mut s = [0u32];
+        w.allreduce(&[1u32], &mut s, Op::Sum).unwrap();
+        assert_eq!(s, [2]);
+    });
+}
+
+#[test]
+fn nonblocking_and_persistent_collectives_overlap() {
+    threads(4, |u| {
+        let w = u.world();
+        let me = w.rank();
+        let a = [me as u64; 1000];
+        let b = [1u32; 3];
+        let (mut ra, mut rb) = ([0u64; 1000], [0u32; 3]);
+        let mut bc = if me == 2 { [5u8; 10] } else { [0u8; 10] };
+        w.scope(|s| {
+            // Three collectives in flight at once, completed in another order than started.
+            let x = s.iallreduce(&a, &mut ra, Op::Sum).unwrap();
+            let mut y = s.iallreduce(&b, &mut rb, Op::Max).unwrap();
+            let z = s.ibcast(&mut bc, 2).unwrap();
+            z.wait().unwrap();
+            while !y.test().unwrap() {}
+            x.wait().unwrap();
+        });
+        assert!(ra.iter().all(|&v| v == 6));
+        assert_eq!(rb, [1; 3]);
+        assert_eq!(bc, [5; 10]);
+
+        let plan = w.allreduce_init::<i32, _>(2, Op::Sum).unwrap();
+        for i in 0..5 {
+            let mut out = [0i32; 2];
+            plan.run(&[i, me as i32], &mut out).unwrap();
+            assert_eq!(out, [4 * i, 6]);
+        }
+        let mut out = [0i32; 2];
+        let inp = [1, 1];
+        w.scope(|s| {
+            s.start_persistent(&plan, &inp, &mut out)
+                .unwrap()
+                .wait()
+                .unwrap()
+        });
+        assert_eq!(out, [4, 4]);
+    });
+}
+
+#[test]
+fn object_collectives() {
+    threads(3, |u| {
+        let w = u.world();
+        let me = w.rank();
+        let d = w
+            .bcast_obj((me == 0).then(|| ("key".to_string(), vec![1.5f64, 2.5])), 0)
+            .unwrap();
+        assert_eq!(d.0, "key");
+        let s: String = w
+            .scatter_obj(
+                (me == 1).then(|| vec!["a".into(), "bb".into(), "ccc".into()]),
+                1,
+            )
+            .unwrap();
+        assert_eq!(s.len(), me as usize + 1);
+        let g = w.gather_obj(&format!("r{me}"), 2).unwrap();
+        assert_eq!(g.is_some(), me == 2);
+        if let Some(g) = g {
+            assert_eq!(g, ["r0", "r1", "r2"]);
+        }
+        assert_eq!(w.allgather_obj(&me).unwrap(), vec![0, 1, 2]);
+        let t: Vec<(u32, u32)> = w.alltoall_obj((0..3).map(|j| (me, j)).collect()).unwrap();
+        assert_eq!(t, (0..3).map(|i| (i, me)).collect::<Vec<_>>());
+        let cat = w.allreduce_obj(&me.to_string(), |a, b| a + &b).unwrap();
+        assert_eq!(cat, "012");
+        assert_eq!(
+            w.reduce_obj(&me, |a, b| a.max(b), 0).unwrap(),
+            (me == 0).then_some(2)
+        );
+        assert_eq!(w.scan_obj(&1u32, |a, b| a + b).unwrap(), me + 1);
+        assert_eq!(
+            w.exscan_obj(&1u32, |a, b| a + b).unwrap(),
+            (me > 0).then_some(me)
+        );
+    });
+}
+
+#[test]
+fn split_dup_create_and_groups() {
+    threads(6, |u| {
+        let w = u.world();
+        let me = w.rank();
+        // Colour by parity, key reverses the order.
+        let c = w.split(Some(me % 2), -(me as i32)).unwrap().unwrap();
+        assert_eq!(c.size(), 3);
+        assert_eq!(c.rank(), 2 - me / 2);
+        // Concurrent collectives on the split and on a dup of the world.
+        let d = w.dup().unwrap();
+        let (mut x, mut y) = ([0u32], [0u32]);
+        c.allreduce(&[me], &mut x, Op::Sum).unwrap();
+        d.allreduce(&[me], &mut y, Op::Sum).unwrap();
+        assert_eq!(x, [if me % 2 == 0 { 6 } else { 9 }]);
+        assert_eq!(y, [15]);
+        // Undefined colour gets no communicator.
+        assert!(w.split((me < 4).then_some(0), 0).unwrap().is_some() == (me < 4));
+        // Groups and create.
+        let g = w.group().incl(&[5, 0, 3]).unwrap();
+        let sub = w.create(&g).unwrap();
+        assert_eq!(sub.is_some(), [0, 3, 5].contains(&me));
+        if let Some(sub) = &sub {
+            assert_eq!(sub.size(), 3);
+            let mut r = [0u32];
+            sub.allreduce(&[me], &mut r, Op::Sum).unwrap();
+            assert_eq!(r, [8]);
+            assert_eq!(sub.group().compare(&g), GroupRelation::Identical);
+        }
+        assert_eq!(
+            g.translate_ranks(&[0, 1], &w.group()).unwrap(),
+            vec![Some(5), Some(0)]
+        );
+        // Many communicators created and dropped: ids are recycled.
+        for _ in 0..1500 {
+            let t = w.dup().unwrap();
+            drop(t);
+        }
+        let shared = w.split_shared(0).unwrap();
+        assert_eq!(shared.size(), 6);
+    });
+}
+
+#[test]
+fn intercommunicator_create_and_merge() {
+    threads(5, |u| {
+        let w = u.world();
+        let me = w.rank();
+        let low = me < 2;
+        let local = w.split(Some(u32::from(!low)), 0).unwrap().unwrap();
+        let remote_leader = if low { 2 } else { 0 };
+        let inter = local.intercomm_create(0, &w, remote_leader, 99).unwrap();
+        assert_eq!(inter.remote_size(), if low { 3 } else { 2 });
+        if low && local.rank() == 0 {
+            inter.send(&[42u32], 2, 5).unwrap();
+        }
+        if !low && local.rank() == 2 {
+            let mut b = [0u32];
+            let st = inter.recv_into(&mut b, 0, 5).unwrap();
+            assert_eq!((b[0], st.source), (42, 0));
+        }
+        // The high group passes true: the low group's ranks come first.
+        let merged = inter.merge(!low).unwrap();
+        assert_eq!(merged.size(), 5);
+        assert_eq!(merged.rank(), me);
+        let mut s = [0u32];
+        merged.allreduce(&[me], &mut s, Op::Sum).unwrap();
+        assert_eq!(s, [10]);
+    });
+}
+
+#[test]
+fn cartesian_grid_shift_and_neighbor_exchange() {
+    assert_eq!(dims_create(12, 2), vec![4, 3]);
+    assert_eq!(dims_create(7, 3), vec![7, 1, 1]);
+    threads(7, |u| {
+        let w = u.world();
+        let me = w.rank();
+        let cart = w.cart_create(&[3, 2], &[true, false], false).unwrap();
+        assert_eq!(cart.is_some(), me < 6);
+        let Some(cart) = cart else { return };
+        assert_eq!(cart.coords(), vec![me / 2, me % 2]);
+        assert_eq!(cart.rank_of(&[-1, 1]).unwrap(), 5);
+        assert!(cart.rank_of(&[0, 2]).is_err());
+        let (src, dst) = cart.shift(0, 1).unwrap();
+        assert_eq!((src, dst), (Some((me + 4) % 6), Some((me + 2) % 6)));
+        let (lo, hi) = cart.shift(1, 1).unwrap();
+        assert_eq!(
+            (lo, hi),
+            if me % 2 == 0 {
+                (None, Some(me + 1))
+            } else {
+                (Some(me - 1), None)
+            }
+        );
+        // Each rank sends its rank to every neighbour; block i comes from neighbour i.
+        let nb = cart.neighbors();
+        let mut got = [u32::MAX; 4];
+        cart.neighbor_allgather(&[me], &mut got).unwrap();
+        for i in 0..4 {
+            assert_eq!(got[i], nb[i].unwrap_or(u32::MAX), "block {i}");
+        }
+        // alltoall: the block for direction i carries (me, i).
+        let send: Vec<u32> = (0..4).map(|i| me * 10 + i).collect();
+        let mut recv = [u32::MAX; 4];
+        cart.neighbor_alltoall(&send, &mut recv).unwrap();
+        for i in 0..4usize {
+            // What comes from the neighbour below was sent up by it (its block i + 1).
+            let want = nb[i].map(|n| {
+                n * 10
+                    + if i % 2 == 0 {
+                        i as u32 + 1
+                    } else {
+                        i as u32 - 1
+                    }
+            });
+            assert_eq!(Some(recv[i]).filter(|&x| x != u32::MAX), want, "block {i}");
+        }
+    });
+}
+
+/// The object collectives on 1..=15 thread-ranks, with values whose encoded sizes differ
+/// per rank (empty, small, and past the eager limit), against what each must return.
+#[test]
+fn object_collectives_matrix() {
+    for p in 1..=15u32 {
+        let handles: Vec<_> = fabrics(p)
+            .into_iter()
+            .map(|fab| {
+                std::thread::spawn(move || {
+                    let u = Universe::from_fabric(fab);
+                    let w = u.world();
+                    let (me, n) = (w.rank(), w.size());
+                    let item =
+                        |r: u32| -> Vec<u32> { (0..(r * 1237) % 3000).map(|i| i ^ r).collect() };
+                    for root in [0, n / 2, n - 1] {
+                        let b = w.bcast_obj((me == root).then(|| item(root)), root).unwrap();
+                        assert_eq!(b, item(root), "bcast_obj p={n} root {root}");
+                        let g = w.gather_obj(&item(me), root).unwrap();
+                        if me == root {
+                            assert_eq!(g.unwrap(), (0..n).map(item).collect::<Vec<_>>());
+                        }
+                        let s = w
+                            .scatter_obj((me == root).then(|| (0..n).map(item).collect()), root)
+                            .unwrap();
+                        assert_eq!(s, item(me), "scatter_obj p={n}");
+                        let r = w
+                            .reduce_obj(
+                                &vec![me],
+                                |mut a, b| {
+                                    a.extend(b);
+                                    a
+                                },
+                                root,
+                            )
+                            .unwrap();
+                        if me == root {
+                            assert_eq!(r.unwrap(), (0..n).collect::<Vec<_>>());
+                        }
+                    }
+                    assert_eq!(
+                        w.allgather_obj(&item(me)).unwrap(),
+                        (0..n).map(item).collect::<Vec<_>>()
+                    );
+                    let t = w
+                        .alltoall_obj((0..n).map(|d| (me, d, item(me + d))).collect())
+                        .unwrap();
+                    assert_eq!(t, (0..n).map(|s| (s, me, item(s + me))).collect::<Vec<_>>());
+                    let order = w
+                        .allreduce_obj(&me.to_string(), |a, b| format!("{a},{b}"))
+                        .unwrap();
+                    assert_eq!(
+                        order,
+                        (0..n).map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+                    );
+                    assert_eq!(
+                        w.scan_obj(&vec![me], |mut a, b| {
+                            a.extend(b);
+                            a
+                        })
+                        .unwrap(),
+                        (0..=me).collect::<Vec<_>>()
+                    );
+                    let ex = w
+                        .exscan_obj(&vec![me], |mut a, b| {
+                            a.extend(b);
+                            a
+                        })
+                        .unwrap();
+                    assert_eq!(ex, (me > 0).then(|| (0..me).collect::<Vec<_>>()));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread-rank panicked");
+        }
+    }
+}
