@@ -162,6 +162,61 @@ fn probe_ofi() -> Result<String, String> {
     Err("this build has no ofi backend (cargo feature `ofi`)".into())
 }
 
+/// What this machine offers each backend and what `auto` would choose: the report of
+/// `oxrun --fabric-info`.
+pub fn fabric_report() -> String {
+    let mut out = String::new();
+    let host = host_id();
+    out.push_str(&format!(
+        "oxmpi {} fabrics on {}\n",
+        env!("CARGO_PKG_VERSION"),
+        host.split('/').next().unwrap_or("?")
+    ));
+    let mut built = vec!["shm", "tcp"];
+    if cfg!(feature = "ofi") {
+        built.push("ofi");
+    }
+    if cfg!(feature = "verbs") {
+        built.push("verbs");
+    }
+    out.push_str(&format!("built with: {}\n", built.join(", ")));
+    match FabricChoice::from_env() {
+        Ok(c) => out.push_str(&format!(
+            "OXMPI_FABRIC: {}\n",
+            std::env::var("OXMPI_FABRIC")
+                .unwrap_or_else(|_| format!("{c:?} (default)").to_lowercase())
+        )),
+        Err(e) => out.push_str(&format!("OXMPI_FABRIC: {e}\n")),
+    }
+    let shm_ok =
+        std::fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+    out.push_str(&format!(
+        "within a host: shm ({})\n",
+        if shm_ok {
+            "/dev/shm is writable"
+        } else {
+            "/dev/shm is missing or read-only: ranks on one host fail to start"
+        }
+    ));
+    let probe = probe_networks();
+    out.push_str("between hosts, best first:\n");
+    for line in probe.report().lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out.push_str(&format!(
+        "auto: shm within a host, {} between hosts (if every rank with peers on other hosts can use it)\n",
+        probe.usable.first().map_or("tcp", |n| n.name())
+    ));
+    #[cfg(feature = "verbs")]
+    {
+        out.push_str("RDMA devices:\n");
+        for line in crate::verbs::ibv::describe().lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
 /// Whether `OXMPI_DEBUG` asks for the wire-up's decisions on stderr.
 fn debug_enabled() -> bool {
     std::env::var("OXMPI_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")

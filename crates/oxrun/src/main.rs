@@ -51,8 +51,16 @@ struct Args {
     /// and the registered algorithms, then exit.
     #[arg(long)]
     coll_table: bool,
+    /// Print which fabrics this machine offers (shared memory, RDMA devices, libfabric
+    /// providers, TCP) and which `OXMPI_FABRIC=auto` would use, then exit.
+    #[arg(long)]
+    fabric_info: bool,
     /// The program and its arguments.
-    #[arg(required_unless_present = "coll_table", num_args = 1.., allow_hyphen_values = true)]
+    #[arg(
+        required_unless_present_any = ["coll_table", "fabric_info"],
+        num_args = 1..,
+        allow_hyphen_values = true
+    )]
     command: Vec<String>,
 }
 
@@ -305,6 +313,10 @@ fn run(args: Args) -> i32 {
 
 fn main() {
     let args = Args::parse();
+    if args.fabric_info {
+        print!("{}", oxmpi_fabric::wireup::fabric_report());
+        std::process::exit(0);
+    }
     if args.coll_table {
         match oxmpi_collectives::Table::from_env() {
             Ok(t) => {

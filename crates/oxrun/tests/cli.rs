@@ -133,3 +133,31 @@ fn sigterm_to_oxrun_ends_the_job() {
     assert_eq!(st.code(), Some(128 + 15));
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn fabric_info_reports_every_backend_and_the_auto_choice() {
+    let o = oxrun(&["--fabric-info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("within a host: shm"), "{out}");
+    assert!(out.contains("  tcp: usable"), "{out}");
+    for net in ["verbs", "ofi"] {
+        // Usable, or left out with a reason.
+        assert!(
+            out.contains(&format!("  {net}: usable"))
+                || out.contains(&format!("  {net}: not used: ")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("auto: shm within a host, "), "{out}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_oxrun"))
+        .arg("--fabric-info")
+        .env("OXMPI_FABRIC", "carrier-pigeon")
+        .output()
+        .expect("oxrun runs");
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        out.contains("is not one of auto, shm, tcp, ofi, verbs"),
+        "{out}"
+    );
+}
