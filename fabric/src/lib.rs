@@ -204,4 +204,28 @@ pub trait Fabric {
     fn release_key(&mut self, peer: Rank, key: &RemoteKey) {
         let _ = (peer, key);
     }
+    /// The backend's counters, as (name, value) pairs (`regcache.hits`, ...); printed at the
+    /// end of a job under `OXMPI_COUNTERS=1`.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+/// A registration cache's counters under `{prefix}.` names, with the hit rate in per mille.
+pub fn cache_counters(prefix: &str, s: &regcache::CacheStats) -> Vec<(String, u64)> {
+    [
+        ("regcache.hits", s.hits),
+        ("regcache.misses", s.misses),
+        (
+            "regcache.hit_rate_permille",
+            (s.hit_rate() * 1000.0).round() as u64,
+        ),
+        ("regcache.evictions", s.evictions),
+        ("regcache.invalidations", s.invalidations),
+        ("regcache.registrations", s.registrations),
+        ("regcache.registered_bytes", s.registered_bytes as u64),
+    ]
+    .into_iter()
+    .map(|(n, v)| (format!("{prefix}.{n}"), v))
+    .collect()
 }

@@ -27,6 +27,7 @@
 //! addresses came through the (authenticated) bootstrap exchange are in the address vector,
 //! but the provider accepts messages from any sender that knows the endpoint's address.
 
+use crate::regcache::{Access, Config as CacheConfig, Lease, RegCache, Registrar};
 use crate::HEADER_LEN;
 use crate::{Caps, Event, Fabric, FabricError, Header, MemRef, PerfModel, Rank, RemoteKey, Sent};
 use oxmpi_ofi_sys as fi;
@@ -243,6 +244,11 @@ fn explain(provider: Option<&str>, domain: Option<&str>, wanted: u64) -> String 
 /// them to oxmpi's own TCP and shared-memory backends.
 const SOFTWARE_PROVIDERS: &[&str] = &["tcp", "udp", "sockets", "shm", "sm2", "net"];
 
+/// A provider name without its utility layer (`tcp;ofi_rxm` → `tcp`).
+fn core_name(name: &str) -> &str {
+    name.split(';').next().unwrap_or("")
+}
+
 /// The provider `auto` would use between nodes: `OXMPI_OFI_PROVIDER` if set and usable, else
 /// the first provider that is not a software one. The error says why there is none.
 pub fn network_provider(config: &OfiConfig) -> Result<String, String> {
@@ -268,8 +274,7 @@ pub fn network_provider(config: &OfiConfig) -> Result<String, String> {
             };
             (name, (*p).next)
         };
-        let core = name.split(';').next().unwrap_or("");
-        if config.provider.is_some() || !SOFTWARE_PROVIDERS.contains(&core) {
+        if config.provider.is_some() || !SOFTWARE_PROVIDERS.contains(&core_name(&name)) {
             return Ok(name);
         }
         if !seen.contains(&name) {
@@ -331,6 +336,41 @@ impl Drop for Mr {
     fn drop(&mut self) {
         // SAFETY: closing a registration this backend opened, once.
         unsafe { fi::oxmpi_fi_close(&mut (*self.0).fid) };
+    }
+}
+
+/// Registers user buffers for the [registration cache](crate::regcache).
+struct OfiRegistrar {
+    domain: *mut fi::fid_domain,
+    /// The provider chooses keys (`FI_MR_PROV_KEY`); else keys come from `next_key`.
+    prov_key: bool,
+    next_key: u64,
+}
+
+impl Registrar for OfiRegistrar {
+    type Handle = Mr;
+
+    fn register(&mut self, addr: usize, len: usize, access: Access) -> Result<Mr, FabricError> {
+        let mut flags = 0u64;
+        if access.contains(Access::LOCAL_READ) {
+            flags |= (fi::FI_SEND | fi::FI_WRITE) as u64;
+        }
+        if access.contains(Access::LOCAL_WRITE) {
+            flags |= (fi::FI_RECV | fi::FI_READ) as u64;
+        }
+        if access.contains(Access::REMOTE_READ) {
+            flags |= fi::FI_REMOTE_READ as u64;
+        }
+        if access.contains(Access::REMOTE_WRITE) {
+            flags |= fi::FI_REMOTE_WRITE as u64;
+        }
+        let key = if self.prov_key { 0 } else { self.next_key };
+        self.next_key += 1;
+        Mr::register(self.domain, addr as *const u8, len, flags, key).map_err(FabricError::Rma)
+    }
+
+    fn deregister(&mut self, handle: Mr) {
+        drop(handle);
     }
 }
 
@@ -407,7 +447,6 @@ pub struct Ofi {
     inject_max: usize,
     mr_local: bool,
     virt_addr: bool,
-    prov_key: bool,
     max_msg: usize,
     rx: Slab,
     tx: Slab,
@@ -419,9 +458,12 @@ pub struct Ofi {
     arrived: VecDeque<(usize, usize)>,
     /// Outcome of the read in flight.
     read_done: Option<Result<(), String>>,
-    /// Registrations lent to peers for reads, by key.
-    lent: HashMap<u64, Mr>,
-    next_key: u64,
+    /// User buffers registered for reads (lent ones and read destinations).
+    cache: RegCache<OfiRegistrar>,
+    registrar: OfiRegistrar,
+    /// Leases on registrations lent to peers, by key (a cached registration lent twice has
+    /// two leases under one key).
+    lent: HashMap<u64, Vec<Lease>>,
     scratch: Box<[u8; PREFIX + HEADER_LEN + INJECT_CAP]>,
     /// Operation contexts: RX_SLOTS receives, TX_SLOTS sends, one read.
     ctx: Box<[fi::fi_context2]>,
@@ -545,12 +587,11 @@ impl Ofi {
             rank,
             size,
             caps,
-            provider: prov_name,
+            provider: prov_name.clone(),
             addrs: Vec::new(),
             inject_max: inject.min(INJECT_CAP + PREFIX + HEADER_LEN),
             mr_local,
             virt_addr: mr_mode & fi::FI_MR_VIRT_ADDR != 0,
-            prov_key: mr_mode & fi::FI_MR_PROV_KEY != 0,
             max_msg: max_msg.clamp(4096, 1 << 30),
             rx,
             tx,
@@ -559,8 +600,17 @@ impl Ofi {
             repost: Vec::new(),
             arrived: VecDeque::new(),
             read_done: None,
+            cache: RegCache::with_monitor(CacheConfig {
+                // Software providers resolve addresses at each use; hardware ones pin pages.
+                needs_invalidation: !SOFTWARE_PROVIDERS.contains(&core_name(&prov_name)),
+                ..CacheConfig::default()
+            }),
+            registrar: OfiRegistrar {
+                domain: ep.domain,
+                prov_key: mr_mode & fi::FI_MR_PROV_KEY != 0,
+                next_key: 1,
+            },
             lent: HashMap::new(),
-            next_key: 1,
             scratch: Box::new([0; PREFIX + HEADER_LEN + INJECT_CAP]),
             ctx: vec![fi::fi_context2::default(); RX_SLOTS + TX_SLOTS + 1].into_boxed_slice(),
             ep,
@@ -883,21 +933,111 @@ impl Fabric for Ofi {
             )));
         }
         let src = self.peer_addr(peer)?;
-        let local = if self.mr_local && !dst.is_empty() {
-            Some(
-                Mr::register(
-                    self.ep.domain,
-                    dst.as_ptr(),
-                    dst.len(),
-                    fi::FI_READ as u64,
-                    0,
-                )
-                .map_err(FabricError::Rma)?,
-            )
+        let lease = if self.mr_local && !dst.is_empty() {
+            Some(self.cache.acquire(
+                &mut self.registrar,
+                dst.as_ptr() as usize,
+                dst.len(),
+                Access::LOCAL_WRITE,
+            )?)
         } else {
             None
         };
-        let desc = local.as_ref().map_or(ptr::null_mut(), Mr::desc);
+        let desc = lease
+            .as_ref()
+            .map_or(ptr::null_mut(), |l| self.cache.handle(l).desc());
+        let result = self.read_into(peer, src, remote, offset, dst, desc);
+        if let Some(lease) = lease {
+            match &result {
+                // A read that timed out may still land in `dst`: keep its registration.
+                Err(FabricError::PeerLost { .. }) => {
+                    let _kept = lease;
+                }
+                _ => self.cache.release(&mut self.registrar, lease),
+            }
+        }
+        result
+    }
+
+    fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+        for slot in std::mem::take(&mut self.repost) {
+            self.post_recv(slot)?;
+        }
+        self.reap()?;
+        let mut n = 0;
+        while let Some((slot, len)) = self.arrived.pop_front() {
+            self.deliver(slot, len, on)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // The completion queue has no wait object (not every provider offers one): sleep in
+        // short slices; the engine polls again after each.
+        std::thread::sleep(timeout.min(Duration::from_micros(200)));
+    }
+
+    fn remote_key(&mut self, _peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
+        let b = mem.bytes();
+        if b.is_empty() {
+            return Ok(RemoteKey {
+                addr: 0,
+                len: 0,
+                key: 0,
+            });
+        }
+        let lease = self.cache.acquire(
+            &mut self.registrar,
+            b.as_ptr() as usize,
+            b.len(),
+            Access::REMOTE_READ,
+        )?;
+        let key = self.cache.handle(&lease).key();
+        let addr = if self.virt_addr {
+            b.as_ptr() as u64
+        } else {
+            // Without FI_MR_VIRT_ADDR a target address is an offset into the registration.
+            (b.as_ptr() as usize - lease.base()) as u64
+        };
+        self.lent.entry(key).or_default().push(lease);
+        Ok(RemoteKey {
+            addr,
+            len: b.len() as u64,
+            key,
+        })
+    }
+
+    fn release_key(&mut self, _peer: Rank, key: &RemoteKey) {
+        let Some(leases) = self.lent.get_mut(&key.key) else {
+            return;
+        };
+        if let Some(lease) = leases.pop() {
+            self.cache.release(&mut self.registrar, lease);
+        }
+        if leases.is_empty() {
+            self.lent.remove(&key.key);
+        }
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        crate::cache_counters("ofi", &self.cache.stats())
+    }
+}
+
+impl Ofi {
+    /// Reads `dst.len()` bytes at `remote.addr + offset` from `peer` (address `src`) into
+    /// `dst`, whose registration descriptor is `desc`, in pieces of at most the provider's
+    /// message size, each waited for.
+    fn read_into(
+        &mut self,
+        peer: Rank,
+        src: fi::fi_addr_t,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+        desc: *mut c_void,
+    ) -> Result<(), FabricError> {
         let ctx = self.ctx_ptr(RX_SLOTS + TX_SLOTS);
         let mut done = 0usize;
         while done < dst.len() {
@@ -952,48 +1092,16 @@ impl Fabric for Ofi {
         }
         Ok(())
     }
+}
 
-    fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
-        for slot in std::mem::take(&mut self.repost) {
-            self.post_recv(slot)?;
+impl Drop for Ofi {
+    fn drop(&mut self) {
+        // Registrations go before the domain (closed when `ep` drops).
+        for (_, leases) in self.lent.drain() {
+            for lease in leases {
+                self.cache.release(&mut self.registrar, lease);
+            }
         }
-        self.reap()?;
-        let mut n = 0;
-        while let Some((slot, len)) = self.arrived.pop_front() {
-            self.deliver(slot, len, on)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn wait(&mut self, timeout: Duration) {
-        // The completion queue has no wait object (not every provider offers one): sleep in
-        // short slices; the engine polls again after each.
-        std::thread::sleep(timeout.min(Duration::from_micros(200)));
-    }
-
-    fn remote_key(&mut self, _peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
-        let b = mem.bytes();
-        let requested = if self.prov_key { 0 } else { self.next_key };
-        self.next_key += 1;
-        let mr = Mr::register(
-            self.ep.domain,
-            b.as_ptr(),
-            b.len(),
-            fi::FI_REMOTE_READ as u64,
-            requested,
-        )
-        .map_err(FabricError::Rma)?;
-        let key = mr.key();
-        self.lent.insert(key, mr);
-        Ok(RemoteKey {
-            addr: if self.virt_addr { b.as_ptr() as u64 } else { 0 },
-            len: b.len() as u64,
-            key,
-        })
-    }
-
-    fn release_key(&mut self, _peer: Rank, key: &RemoteKey) {
-        self.lent.remove(&key.key);
+        self.cache.clear(&mut self.registrar);
     }
 }

@@ -134,6 +134,10 @@ impl Fabric for Router {
         self.backend(peer).release_key(peer, key)
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.backends.iter().flat_map(|b| b.counters()).collect()
+    }
+
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
         let mut n = 0;
         for b in &mut self.backends {

@@ -233,6 +233,11 @@ impl Drop for Universe {
         if self.state.size > 1 && !std::thread::panicking() {
             let _ = self.world().barrier();
         }
+        if std::env::var("OXMPI_COUNTERS").is_ok_and(|v| !v.is_empty() && v != "0") {
+            let counters = self.state.progress().fabric.counters();
+            let line: Vec<String> = counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            eprintln!("oxmpi[{}]: counters: {}", self.state.rank, line.join(" "));
+        }
         INITIALIZED.store(false, Ordering::SeqCst);
     }
 }

@@ -846,6 +846,10 @@ impl<D: VerbsDevice> Fabric for Verbs<D> {
             self.cache.release(&mut self.nic, lease);
         }
     }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        crate::cache_counters("verbs", &self.cache.stats())
+    }
 }
 
 impl<D: VerbsDevice> Verbs<D> {
