@@ -85,6 +85,37 @@ fn ofi_all_scenarios_over_tcp_and_shm_providers() {
     }
 }
 
+/// Rendezvous sends from one buffer again and again reuse its registration: the cache's
+/// counters, printed under `OXMPI_COUNTERS=1`, show hits.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_registration_cache_counters_show_reuse() {
+    let out = Command::new(bin("oxrun"))
+        .args(["-n", "2"])
+        .arg(bin("osu_bw"))
+        .args(["-m", "1048576:1048576", "-i", "20", "-x", "2"])
+        .envs([
+            ("OXMPI_FABRIC", "ofi"),
+            ("OXMPI_OFI_PROVIDER", "tcp;ofi_rxm"),
+            ("OXMPI_COUNTERS", "1"),
+        ])
+        .output()
+        .expect("oxrun runs");
+    check(&out, "osu_bw over ofi");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let counter = |name: &str| -> u64 {
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("oxmpi[0]: counters:"))
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stderr}"))
+    };
+    let (hits, misses) = (counter("ofi.regcache.hits"), counter("ofi.regcache.misses"));
+    assert!(misses >= 1 && hits > misses, "hits {hits}, misses {misses}");
+}
+
 /// `auto` between pseudo-hosts (`OXMPI_NODE_SIZE`): shared memory within, and here, where
 /// there is no RDMA device and libfabric has only software providers, TCP between, with the
 /// reasons printed under `OXMPI_DEBUG`.
