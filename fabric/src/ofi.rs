@@ -41,7 +41,7 @@ const PREFIX: usize = 8;
 const MAGIC: u32 = 0x4f58_4f46; // "OXOF"
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-/// Default largest eager message.
+/// Default largest eager message (over `ofi_rxm` providers: [`MAX_PAYLOAD`]).
 pub const EAGER_MAX: usize = 16 * 1024;
 /// Pre-posted receive buffers.
 pub const RX_SLOTS: usize = 64;
@@ -126,6 +126,25 @@ fn cap_names(bits: u64) -> String {
     names.join(" | ")
 }
 
+/// Size of the buffers the `ofi_rxm` utility provider receives eager messages into, set for
+/// this process unless `FI_OFI_RXM_BUFFER_SIZE` is: large enough for a whole frame, so every
+/// frame travels as one eager message (rxm's default, 16 KiB, would turn a 16 KiB message
+/// into rxm's own slower rendezvous).
+const RXM_BUFFER_SIZE: usize = SLOT + 256;
+
+/// Sets the provider parameters oxmpi relies on, once, before libfabric reads them (at the
+/// first `fi_getinfo`); values the user set are kept.
+fn tune_providers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("FI_OFI_RXM_BUFFER_SIZE").is_none() {
+            // Wire-up runs before the program starts threads that could read the environment
+            // concurrently.
+            std::env::set_var("FI_OFI_RXM_BUFFER_SIZE", RXM_BUFFER_SIZE.to_string());
+        }
+    });
+}
+
 /// Builds hints and calls `fi_getinfo`. `caps` 0 asks for any RDM endpoint (used to explain a
 /// failure).
 fn getinfo(
@@ -134,6 +153,7 @@ fn getinfo(
     caps: u64,
     strict: bool,
 ) -> Result<InfoList, i64> {
+    tune_providers();
     // SAFETY: fi_allocinfo returns a zeroed fi_info with its attribute structs allocated, or
     // null.
     let hints = InfoList(unsafe { fi::oxmpi_fi_allocinfo() });
@@ -567,8 +587,14 @@ impl Ofi {
         let mr_local = mr_mode & fi::FI_MR_LOCAL != 0;
         let rx = Slab::new(ep.domain, RX_SLOTS * SLOT, mr_local)?;
         let tx = Slab::new(ep.domain, TX_SLOTS * SLOT, mr_local)?;
+        // Over rxm every frame is one eager message (RXM_BUFFER_SIZE): eager up to a frame.
+        let default_eager = if prov_name.contains("ofi_rxm") {
+            MAX_PAYLOAD
+        } else {
+            EAGER_MAX
+        };
         let eager_max = crate::shm::env_usize("OXMPI_OFI_EAGER_MAX")
-            .unwrap_or(EAGER_MAX)
+            .unwrap_or(default_eager)
             .min(MAX_PAYLOAD);
         let caps = Caps {
             name: "ofi",
