@@ -5,7 +5,10 @@
 #   scripts/ofi-compare.sh [ROUNDS] [PROVIDER...]    (default: 5 rounds, "tcp;ofi_rxm" and shm)
 #
 # fi_pingpong's "usec/xfer" is half a round trip, as osu_latency's figure is. Its "MB/sec" is
-# ping-pong bandwidth (one message in flight); osu_bw keeps a window of 64 in flight.
+# ping-pong bandwidth (one message in flight); osu_bw keeps a window of 64 in flight, each in
+# its own buffer (safe Rust cannot hand one receive buffer to 64 pending receives as OSU's C
+# code does), so at large sizes it streams 2 x 64 x size bytes of memory per window; the
+# `-W 4` column keeps the buffers in cache as fi_pingpong's one buffer is.
 # MB here are 10^6 bytes, as both tools print them. Build first:
 #   cargo build --release --workspace --bins --features oxmpi/ofi
 set -euo pipefail
@@ -52,14 +55,17 @@ for prov in "${providers[@]}"; do
             "$bin/osu_latency" -m "1:$max" | awk '/^[0-9]/ { print $1, $2 }' >"$tmp/lat.$tag.$r"
         OXMPI_FABRIC=ofi OXMPI_OFI_PROVIDER="$prov" timeout 300 "$bin/oxrun" -n 2 \
             "$bin/osu_bw" -m "1:$max" | awk '/^[0-9]/ { print $1, $2 }' >"$tmp/bw.$tag.$r"
+        OXMPI_FABRIC=ofi OXMPI_OFI_PROVIDER="$prov" timeout 300 "$bin/oxrun" -n 2 \
+            "$bin/osu_bw" -W 4 -m "1:$max" | awk '/^[0-9]/ { print $1, $2 }' >"$tmp/bw4.$tag.$r"
     done
     echo "# provider $prov: median of $rounds interleaved rounds"
-    printf "%-9s %12s %12s %7s %14s %12s %7s\n" size fi_pp_us osu_lat_us ratio fi_pp_MB/s osu_bw_MB/s ratio
+    printf "%-9s %10s %10s %6s %11s %10s %6s %10s %6s\n" size fi_pp_us osu_lat ratio fi_pp_MB/s osu_bw ratio bw_W4 ratio
     # One line per (kind, size, value), then medians per size.
     {
         cat "$tmp"/fpp."$tag".* | awk '{ print "fl", $1, $2; print "fb", $1, $3 }'
         cat "$tmp"/lat."$tag".* | awk '{ print "ol", $1, $2 }'
         cat "$tmp"/bw."$tag".* | awk '{ print "ob", $1, $2 }'
+        cat "$tmp"/bw4."$tag".* | awk '{ print "o4", $1, $2 }'
     } | sort -k1,1 -k2,2n -k3,3g | awk '
         { key = $1 " " $2; v[key, ++n[key]] = $3; sizes[$2] = 1 }
         END {
@@ -68,9 +74,9 @@ for prov in "${providers[@]}"; do
             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (order[j] < order[i]) { t = order[i]; order[i] = order[j]; order[j] = t }
             for (i = 1; i <= m; i++) {
                 s = order[i]
-                fl = med["fl " s]; ol = med["ol " s]; fb = med["fb " s]; ob = med["ob " s]
+                fl = med["fl " s]; ol = med["ol " s]; fb = med["fb " s]; ob = med["ob " s]; o4 = med["o4 " s]
                 if (fl == "" || ol == "") continue
-                printf "%-9d %12.2f %12.2f %7.2f %14.1f %12.1f %7.2f\n", s, fl, ol, ol / fl, fb, ob, (fb > 0 ? ob / fb : 0)
+                printf "%-9d %10.2f %10.2f %6.2f %11.1f %10.1f %6.2f %10.1f %6.2f\n", s, fl, ol, ol / fl, fb, ob, (fb > 0 ? ob / fb : 0), o4, (fb > 0 ? o4 / fb : 0)
             }
         }'
     echo

@@ -51,6 +51,8 @@ const SLOT: usize = PREFIX + HEADER_LEN + MAX_PAYLOAD;
 /// Largest inject this backend uses (the provider's limit may be lower).
 const INJECT_CAP: usize = 1024;
 const CQ_BATCH: usize = 16;
+/// After this long without a completion, `wait` sleeps instead of polling.
+const IDLE_SLEEP_AFTER: Duration = Duration::from_millis(50);
 /// How long a remote read may take before it is reported as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// `FI_ADDR_NOTAVAIL`: no address (a peer this endpoint does not reach).
@@ -478,6 +480,11 @@ pub struct Ofi {
     arrived: VecDeque<(usize, usize)>,
     /// Outcome of the read in flight.
     read_done: Option<Result<(), String>>,
+    /// Completions read so far, and the count `wait` last saw.
+    completions: u64,
+    completions_seen: u64,
+    /// When `wait` last saw a completion (or the endpoint opened).
+    idle_since: Instant,
     /// User buffers registered for reads (lent ones and read destinations).
     cache: RegCache<OfiRegistrar>,
     registrar: OfiRegistrar,
@@ -626,6 +633,9 @@ impl Ofi {
             repost: Vec::new(),
             arrived: VecDeque::new(),
             read_done: None,
+            completions: 0,
+            completions_seen: 0,
+            idle_since: Instant::now(),
             cache: RegCache::with_monitor(CacheConfig {
                 // Software providers resolve addresses at each use; hardware ones pin pages.
                 needs_invalidation: !SOFTWARE_PROVIDERS.contains(&core_name(&prov_name)),
@@ -759,6 +769,7 @@ impl Ofi {
                 }
             }
             total += n;
+            self.completions += n as u64;
             if n < CQ_BATCH {
                 return Ok(total);
             }
@@ -999,9 +1010,37 @@ impl Fabric for Ofi {
     }
 
     fn wait(&mut self, timeout: Duration) {
-        // The completion queue has no wait object (not every provider offers one): sleep in
-        // short slices; the engine polls again after each.
-        std::thread::sleep(timeout.min(Duration::from_micros(200)));
+        // The completion queue has no wait object (not every provider offers one), and with
+        // manual-progress providers (tcp, shm, rxm) a peer's rendezvous read completes only
+        // while this rank reads its completion queue. So keep reading it, yielding the core
+        // between reads, until something completes or `timeout` passes; only after a long
+        // idle stretch sleep in short slices instead.
+        let start = Instant::now();
+        if self.completions != self.completions_seen {
+            // Completions were read (by `poll`) since the last wait: not idle.
+            self.completions_seen = self.completions;
+            self.idle_since = start;
+        }
+        if start.duration_since(self.idle_since) > IDLE_SLEEP_AFTER {
+            std::thread::sleep(timeout.min(Duration::from_micros(200)));
+            if matches!(self.reap(), Ok(n) if n > 0) {
+                self.idle_since = Instant::now();
+            }
+            return;
+        }
+        loop {
+            match self.reap() {
+                Ok(0) => {}
+                _ => {
+                    self.idle_since = Instant::now();
+                    return;
+                }
+            }
+            if start.elapsed() >= timeout {
+                return;
+            }
+            std::thread::yield_now();
+        }
     }
 
     fn remote_key(&mut self, _peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
