@@ -311,11 +311,32 @@ fn run(args: Args) -> i32 {
     code
 }
 
+/// Runs `oxmpi-fabric-info` (built with the fabric crate, next to `oxrun`) and returns its exit
+/// code. `oxrun` itself does not link the fabrics: libfabric's dependencies install signal
+/// handlers that would change how `oxrun` ends on SIGTERM.
+fn fabric_info() -> i32 {
+    const TOOL: &str = "oxmpi-fabric-info";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(TOOL)))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| TOOL.into());
+    match Command::new(&program).status() {
+        Ok(st) => st.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!(
+                "oxrun: --fabric-info runs {TOOL}, which could not be started ({e}); build it \
+                 with `cargo build --release -p oxmpi-fabric --bins --features ofi,verbs`"
+            );
+            2
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if args.fabric_info {
-        print!("{}", oxmpi_fabric::wireup::fabric_report());
-        std::process::exit(0);
+        std::process::exit(fabric_info());
     }
     if args.coll_table {
         match oxmpi_collectives::Table::from_env() {

@@ -199,6 +199,32 @@ impl Net {
             .ok_or_else(|| VerbsError::errno("ibv_post_send", libc::EINVAL))
     }
 
+    /// Whether `qp` may send: its QP number if it is in RTS; `None` (a flush completion queued)
+    /// if it is in the error state; an error in any other state, as `ibv_post_send` refuses.
+    fn ready_to_send(
+        &mut self,
+        dev: usize,
+        qp: QpId,
+        wr_id: u64,
+        op: WcOpcode,
+    ) -> Result<Option<u32>, VerbsError> {
+        let q = self.qp(dev, qp)?;
+        let qpn = q.qpn;
+        match q.state {
+            QpState::Rts => Ok(Some(qpn)),
+            QpState::Error => {
+                self.devs[dev]
+                    .cq
+                    .push_back(wc(wr_id, WC_WR_FLUSH_ERR, op, 0, qpn));
+                Ok(None)
+            }
+            s => Err(VerbsError::new(
+                "ibv_post_send",
+                format!("queue pair is {s:?}, not RTS"),
+            )),
+        }
+    }
+
     /// Fails a work request: its completion carries `status`, and the queue pair enters the
     /// error state.
     fn fail(&mut self, dev: usize, qp: QpId, wr_id: u64, status: u32, op: WcOpcode) {
@@ -380,23 +406,9 @@ impl VerbsDevice for FakeDevice {
         let dev = self.dev;
         let mut net = self.net.lock();
         let max_inline = net.devs[dev].limits.max_inline;
-        let q = net.qp(dev, qp)?;
-        let qpn = q.qpn;
-        match q.state {
-            QpState::Rts => {}
-            QpState::Error => {
-                net.devs[dev]
-                    .cq
-                    .push_back(wc(wr_id, WC_WR_FLUSH_ERR, WcOpcode::Send, 0, qpn));
-                return Ok(());
-            }
-            s => {
-                return Err(VerbsError::new(
-                    "ibv_post_send",
-                    format!("queue pair is {s:?}, not RTS"),
-                ))
-            }
-        }
+        let Some(qpn) = net.ready_to_send(dev, qp, wr_id, WcOpcode::Send)? else {
+            return Ok(()); // flushed
+        };
         if inline {
             if sge.len > max_inline {
                 return Err(VerbsError::errno("ibv_post_send", libc::EINVAL));
@@ -454,23 +466,9 @@ impl VerbsDevice for FakeDevice {
     ) -> Result<(), VerbsError> {
         let dev = self.dev;
         let mut net = self.net.lock();
-        let q = net.qp(dev, qp)?;
-        let qpn = q.qpn;
-        match q.state {
-            QpState::Rts => {}
-            QpState::Error => {
-                net.devs[dev]
-                    .cq
-                    .push_back(wc(wr_id, WC_WR_FLUSH_ERR, WcOpcode::Read, 0, qpn));
-                return Ok(());
-            }
-            s => {
-                return Err(VerbsError::new(
-                    "ibv_post_send",
-                    format!("queue pair is {s:?}, not RTS"),
-                ))
-            }
-        }
+        let Some(qpn) = net.ready_to_send(dev, qp, wr_id, WcOpcode::Read)? else {
+            return Ok(()); // flushed
+        };
         net.devs[dev].stats.reads += 1;
         let local_ok = net.devs[dev]
             .mrs
