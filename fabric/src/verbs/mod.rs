@@ -1138,6 +1138,82 @@ mod tests {
         assert_eq!(drain(&mut b).unwrap(), vec![(0, header(9), vec![9])]);
     }
 
+    /// A raw device plays rank 1 and sends what it likes to rank 0's queue pair.
+    fn raw_peer() -> (FakeNet, Verbs<FakeDevice>, FakeDevice, QpId) {
+        let net = FakeNet::new();
+        let mut v = Verbs::new(
+            0,
+            2,
+            net.device(FakeLimits::default()),
+            VerbsConfig::default(),
+        )
+        .unwrap();
+        let mut raw = net.device(FakeLimits::default());
+        let (qp, qpn) = raw.create_qp().unwrap();
+        raw.modify_qp(qp, Transition::Init).unwrap();
+        let mine = QpAddress {
+            lid: raw.port().lid,
+            gid: [0; 16],
+            qpn,
+            psn: 7,
+            mtu: 4096,
+        };
+        let theirs = v.addresses()[1];
+        v.connect(&[theirs, mine]).unwrap();
+        raw.modify_qp(qp, Transition::Rtr { remote: theirs })
+            .unwrap();
+        raw.modify_qp(qp, Transition::Rts { psn: 7 }).unwrap();
+        (net, v, raw, qp)
+    }
+
+    fn raw_send(raw: &mut FakeDevice, qp: QpId, bytes: &[u8]) {
+        let sge = Sge {
+            addr: bytes.as_ptr() as u64,
+            len: bytes.len() as u32,
+            lkey: 0,
+        };
+        raw.post_send(qp, 1, sge, true).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_short_frames_are_reported_and_disturb_nothing_else() {
+        let (_net, mut v, mut raw, qp) = raw_peer();
+        let good = |tag: u8| {
+            let mut f = Verbs::<FakeDevice>::prefix(KIND_DATA, 0).to_vec();
+            f.extend_from_slice(&header(tag));
+            f.extend_from_slice(&[tag; 5]);
+            f
+        };
+        let mut bad_magic = good(1);
+        bad_magic[0] ^= 0xff;
+        let short = good(2)[..PREFIX + 10].to_vec();
+        let mut bad_kind = good(3);
+        bad_kind[2] = 9;
+        for (bytes, what) in [
+            (&bad_magic[..], "not an oxmpi frame"),
+            (&short[..], "not an oxmpi frame"),
+            (&bad_kind[..], "unknown verbs frame kind"),
+            (&[0u8; 3][..], "not an oxmpi frame"),
+        ] {
+            raw_send(&mut raw, qp, bytes);
+            let err = drain(&mut v).unwrap_err();
+            match err {
+                FabricError::BadFrame { peer: 1, why } => assert!(why.contains(what), "{why}"),
+                e => panic!("unexpected {e}"),
+            }
+        }
+        // The receive slots went back to the queue: good frames still arrive, in order.
+        for tag in 10..20u8 {
+            raw_send(&mut raw, qp, &good(tag));
+        }
+        let got = drain(&mut v).unwrap();
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().enumerate().all(|(i, (p, h, b))| *p == 1
+            && *h == header(10 + i as u8)
+            && b == &[10 + i as u8; 5]));
+        assert_eq!(v.receive_slots(), (CREDITS as usize + 2));
+    }
+
     #[test]
     fn a_small_receive_queue_shrinks_the_window() {
         let limits = FakeLimits {
