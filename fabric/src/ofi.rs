@@ -77,7 +77,7 @@ fn setup(ret: i64, what: &str) -> Result<(), FabricError> {
 }
 
 /// What the backend was asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OfiConfig {
     /// Provider name (`OXMPI_OFI_PROVIDER`); libfabric's first match when `None`.
     pub provider: Option<String>,
@@ -85,6 +85,9 @@ pub struct OfiConfig {
     pub domain: Option<String>,
     /// Every rank runs on this host: prefer the loopback domain.
     pub local_only: bool,
+    /// Use remote reads where the provider offers them (`OXMPI_OFI_RMA=0` turns them off:
+    /// rendezvous then uses the pipeline of sends, as with a provider without RMA).
+    pub rma: bool,
 }
 
 impl OfiConfig {
@@ -95,6 +98,7 @@ impl OfiConfig {
             provider: var("OXMPI_OFI_PROVIDER"),
             domain: var("OXMPI_OFI_DOMAIN"),
             local_only,
+            rma: var("OXMPI_OFI_RMA").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -512,6 +516,9 @@ impl Ofi {
         let mut found = None;
         'search: for d in &domains {
             for caps in [want_rma, want_msg] {
+                if caps == want_rma && !config.rma {
+                    continue;
+                }
                 if let Ok(list) = getinfo(provider, *d, caps, true) {
                     found = Some((list, caps == want_rma));
                     break 'search;

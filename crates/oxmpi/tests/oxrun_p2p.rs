@@ -85,6 +85,31 @@ fn ofi_all_scenarios_over_tcp_and_shm_providers() {
     }
 }
 
+/// With remote reads turned off (as on a provider without RMA) rendezvous goes through the
+/// pipeline of sends, and every scenario still passes.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_without_remote_reads_uses_the_pipeline() {
+    let env = [
+        ("OXMPI_FABRIC", "ofi"),
+        ("OXMPI_OFI_PROVIDER", "shm"),
+        ("OXMPI_OFI_RMA", "0"),
+    ];
+    let out = Command::new(bin("oxrun"))
+        .args(["-n", "2"])
+        .arg(bin("examples/fabric_info"))
+        .envs(env)
+        .output()
+        .expect("oxrun runs");
+    check(&out, "fabric_info");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("rank 0 -> 1: ofi") && stdout.contains("rndv/read never"),
+        "{stdout}"
+    );
+    all_scenarios_env(&env);
+}
+
 /// Rendezvous sends from one buffer again and again reuse its registration: the cache's
 /// counters, printed under `OXMPI_COUNTERS=1`, show hits.
 #[cfg(feature = "ofi")]
