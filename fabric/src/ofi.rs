@@ -25,7 +25,10 @@
 //!
 //! Unlike the TCP backend, libfabric offers no per-connection authentication: only peers whose
 //! addresses came through the (authenticated) bootstrap exchange are in the address vector,
-//! but the provider accepts messages from any sender that knows the endpoint's address.
+//! but the provider accepts messages from any sender that knows the endpoint's address. So
+//! every frame starts with a 32-bit tag derived from the job's secret
+//! ([`OfiConfig::job_tag`]); messages without it are dropped, counted (`ofi.foreign_frames`)
+//! and logged, and disturb nothing else.
 
 use crate::regcache::{Access, Config as CacheConfig, Lease, RegCache, Registrar};
 use crate::HEADER_LEN;
@@ -36,9 +39,9 @@ use std::ffi::{c_void, CStr, CString};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-/// Prefix of every frame: magic (u32) and sender rank (u32), little-endian.
+/// Prefix of every frame: the job's tag (u32, from its secret) and the sender rank (u32),
+/// little-endian.
 const PREFIX: usize = 8;
-const MAGIC: u32 = 0x4f58_4f46; // "OXOF"
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Default largest eager message (over `ofi_rxm` providers: [`MAX_PAYLOAD`]).
@@ -85,6 +88,8 @@ pub struct OfiConfig {
     pub domain: Option<String>,
     /// Every rank runs on this host: prefer the loopback domain.
     pub local_only: bool,
+    /// The job's tag ([`oxmpi_bootstrap::Secret::tag32`]): frames without it are dropped.
+    pub job_tag: u32,
     /// Use remote reads where the provider offers them (`OXMPI_OFI_RMA=0` turns them off:
     /// rendezvous then uses the pipeline of sends, as with a provider without RMA).
     pub rma: bool,
@@ -98,6 +103,7 @@ impl OfiConfig {
             provider: var("OXMPI_OFI_PROVIDER"),
             domain: var("OXMPI_OFI_DOMAIN"),
             local_only,
+            job_tag: 0,
             rma: var("OXMPI_OFI_RMA").is_none_or(|v| v != "0"),
         }
     }
@@ -484,6 +490,10 @@ pub struct Ofi {
     arrived: VecDeque<(usize, usize)>,
     /// Outcome of the read in flight.
     read_done: Option<Result<(), String>>,
+    /// The job's tag, first word of every frame.
+    job_tag: u32,
+    /// Messages dropped for lacking the tag.
+    foreign: u64,
     /// Completions read so far, and the count `wait` last saw.
     completions: u64,
     completions_seen: u64,
@@ -640,6 +650,8 @@ impl Ofi {
             repost: Vec::new(),
             arrived: VecDeque::new(),
             read_done: None,
+            job_tag: config.job_tag,
+            foreign: 0,
             completions: 0,
             completions_seen: 0,
             idle_since: Instant::now(),
@@ -843,7 +855,9 @@ impl Ofi {
                 .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         };
         let result = match (word(0), word(4)) {
-            (Some(MAGIC), Some(src)) if src < self.size && len >= PREFIX + HEADER_LEN => {
+            (Some(tag), Some(src))
+                if tag == self.job_tag && src < self.size && len >= PREFIX + HEADER_LEN =>
+            {
                 let header: &Header = bytes[PREFIX..PREFIX + HEADER_LEN]
                     .try_into()
                     .expect("header length");
@@ -854,12 +868,22 @@ impl Ofi {
                 });
                 Ok(())
             }
-            (Some(MAGIC), Some(src)) if src < self.size => Err(FabricError::BadFrame {
-                peer: src,
-                why: format!("{len}-byte message is shorter than a frame"),
-            }),
+            (Some(tag), Some(src)) if tag == self.job_tag && src < self.size => {
+                Err(FabricError::BadFrame {
+                    peer: src,
+                    why: format!("{len}-byte message is shorter than a frame"),
+                })
+            }
             _ => {
-                eprintln!("oxmpi: ofi: dropped a {len}-byte message that is not an oxmpi frame");
+                // Not from this job (no tag: a sender without the job's secret) or not a frame.
+                self.foreign += 1;
+                if self.foreign.is_power_of_two() {
+                    eprintln!(
+                        "oxmpi: ofi: rank {}: dropped a {len}-byte message without this job's \
+                         tag ({} so far)",
+                        self.rank, self.foreign
+                    );
+                }
                 Ok(())
             }
         };
@@ -869,7 +893,7 @@ impl Ofi {
 
     fn frame_prefix(&self) -> [u8; PREFIX] {
         let mut p = [0u8; PREFIX];
-        p[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        p[..4].copy_from_slice(&self.job_tag.to_le_bytes());
         p[4..].copy_from_slice(&self.rank.to_le_bytes());
         p
     }
@@ -1093,7 +1117,9 @@ impl Fabric for Ofi {
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
-        crate::cache_counters("ofi", &self.cache.stats())
+        let mut c = crate::cache_counters("ofi", &self.cache.stats());
+        c.push(("ofi.foreign_frames".into(), self.foreign));
+        c
     }
 }
 
@@ -1175,5 +1201,82 @@ impl Drop for Ofi {
             }
         }
         self.cache.clear(&mut self.registrar);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two endpoints of a 2-rank world in this process over `tcp;ofi_rxm` on loopback, with
+    /// the given job tags.
+    fn pair(tags: [u32; 2]) -> (Ofi, Ofi) {
+        let open = |rank: Rank, tag: u32| {
+            let config = OfiConfig {
+                provider: Some("tcp;ofi_rxm".into()),
+                domain: None,
+                local_only: true,
+                job_tag: tag,
+                rma: true,
+            };
+            Ofi::open(rank, 2, &config).expect("tcp;ofi_rxm endpoint on loopback")
+        };
+        let (mut a, mut b) = (open(0, tags[0]), open(1, tags[1]));
+        let addrs = vec![a.address().unwrap(), b.address().unwrap()];
+        a.connect(&addrs).unwrap();
+        b.connect(&addrs).unwrap();
+        (a, b)
+    }
+
+    /// Polls both until `done(b)` or 10 s; returns the frames `b` received.
+    fn exchange(a: &mut Ofi, b: &mut Ofi, done: impl Fn(&Ofi, usize) -> bool) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(b, got.len()) && Instant::now() < deadline {
+            a.poll(&mut |_| {}).unwrap();
+            b.poll(&mut |e| {
+                let Event::Frame { payload, .. } = e;
+                got.push(payload.to_vec());
+            })
+            .unwrap();
+        }
+        got
+    }
+
+    /// Sends from `a` to rank 1, retrying (and driving both endpoints) while the provider
+    /// pushes back, as when rxm is still connecting.
+    fn send(a: &mut Ofi, b: &mut Ofi, payload: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.send(1, &[0u8; HEADER_LEN], payload).unwrap() == Sent::WouldBlock {
+            assert!(Instant::now() < deadline, "send stayed blocked");
+            a.poll(&mut |_| {}).unwrap();
+            b.poll(&mut |_| {}).unwrap();
+        }
+    }
+
+    #[test]
+    fn frames_without_the_jobs_tag_are_dropped_and_counted() {
+        let (mut a, mut b) = pair([7, 7]);
+        send(&mut a, &mut b, b"same job");
+        let got = exchange(&mut a, &mut b, |_, n| n == 1);
+        assert_eq!(got, [b"same job".to_vec()]);
+
+        let (mut a, mut c) = pair([7, 8]);
+        for _ in 0..3 {
+            send(&mut a, &mut c, b"other job");
+        }
+        let got = exchange(&mut a, &mut c, |c, _| c.foreign == 3);
+        assert!(got.is_empty(), "a frame of another job was delivered");
+        assert_eq!(c.foreign, 3);
+        assert!(c
+            .counters()
+            .contains(&("ofi.foreign_frames".to_string(), 3)));
+        // The receiver goes on: its own job's frames still arrive.
+        let (mut d, _) = pair([8, 8]);
+        let addrs = vec![d.address().unwrap(), c.address().unwrap()];
+        d.connect(&addrs).unwrap();
+        send(&mut d, &mut c, b"after");
+        let got = exchange(&mut d, &mut c, |_, n| n == 1);
+        assert_eq!(got, [b"after".to_vec()]);
     }
 }

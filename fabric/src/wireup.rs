@@ -528,6 +528,7 @@ fn wire_up_ofi(
     use crate::ofi::{Ofi, OfiConfig};
     let mut ofi = if reach.iter().any(|&r| r) {
         let mut config = OfiConfig::from_env(local_only);
+        config.job_tag = env.secret.tag32("ofi");
         if config.provider.is_none() {
             config.provider = provider;
         }

@@ -59,6 +59,14 @@ impl Secret {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// A 32-bit value only holders of the secret can compute, for fabrics that have no
+    /// per-connection handshake (libfabric RDM endpoints): every frame carries it, and frames
+    /// without it are dropped. `label` separates its uses.
+    pub fn tag32(&self, label: &str) -> u32 {
+        let m = self.mac(&[b"oxmpi-fabric-tag", label.as_bytes()]);
+        u32::from_le_bytes([m[0], m[1], m[2], m[3]])
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> [u8; MAC] {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
         for p in parts {
