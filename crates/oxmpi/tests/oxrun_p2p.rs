@@ -29,10 +29,15 @@ fn oxrun(n: u32, fabric: &str, args: &[&str]) -> Output {
 }
 
 fn oxrun_env(n: u32, env: &[(&str, &str)], args: &[&str]) -> Output {
+    run_with(n, "examples/suite", args, env)
+}
+
+/// Runs `program` (a path under the target directory) on `n` ranks with `env`.
+fn run_with(n: u32, program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("oxrun"))
         .arg("-n")
         .arg(n.to_string())
-        .arg(bin("examples/suite"))
+        .arg(bin(program))
         .args(args)
         .envs(env.iter().copied())
         .env("OXMPI_BOOT_TIMEOUT", "60")
@@ -95,12 +100,7 @@ fn ofi_without_remote_reads_uses_the_pipeline() {
         ("OXMPI_OFI_PROVIDER", "shm"),
         ("OXMPI_OFI_RMA", "0"),
     ];
-    let out = Command::new(bin("oxrun"))
-        .args(["-n", "2"])
-        .arg(bin("examples/fabric_info"))
-        .envs(env)
-        .output()
-        .expect("oxrun runs");
+    let out = run_with(2, "examples/fabric_info", &[], &env);
     check(&out, "fabric_info");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -115,17 +115,16 @@ fn ofi_without_remote_reads_uses_the_pipeline() {
 #[cfg(feature = "ofi")]
 #[test]
 fn ofi_registration_cache_counters_show_reuse() {
-    let out = Command::new(bin("oxrun"))
-        .args(["-n", "2"])
-        .arg(bin("osu_bw"))
-        .args(["-m", "1048576:1048576", "-i", "20", "-x", "2"])
-        .envs([
+    let out = run_with(
+        2,
+        "osu_bw",
+        &["-m", "1048576:1048576", "-i", "20", "-x", "2"],
+        &[
             ("OXMPI_FABRIC", "ofi"),
             ("OXMPI_OFI_PROVIDER", "tcp;ofi_rxm"),
             ("OXMPI_COUNTERS", "1"),
-        ])
-        .output()
-        .expect("oxrun runs");
+        ],
+    );
     check(&out, "osu_bw over ofi");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let counter = |name: &str| -> u64 {
@@ -146,12 +145,12 @@ fn ofi_registration_cache_counters_show_reuse() {
 /// reasons printed under `OXMPI_DEBUG`.
 #[test]
 fn auto_picks_shm_within_and_the_best_network_between_hosts() {
-    let out = Command::new(bin("oxrun"))
-        .args(["-n", "4"])
-        .arg(bin("examples/fabric_info"))
-        .envs([("OXMPI_NODE_SIZE", "2"), ("OXMPI_DEBUG", "1")])
-        .output()
-        .expect("oxrun runs");
+    let out = run_with(
+        4,
+        "examples/fabric_info",
+        &[],
+        &[("OXMPI_NODE_SIZE", "2"), ("OXMPI_DEBUG", "1")],
+    );
     check(&out, "fabric_info");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -190,12 +189,7 @@ fn auto_with_a_named_provider_uses_ofi_between_hosts() {
         ("OXMPI_NODE_SIZE", "2"),
         ("OXMPI_OFI_PROVIDER", "tcp;ofi_rxm"),
     ];
-    let out = Command::new(bin("oxrun"))
-        .args(["-n", "4"])
-        .arg(bin("examples/fabric_info"))
-        .envs(env)
-        .output()
-        .expect("oxrun runs");
+    let out = run_with(4, "examples/fabric_info", &[], &env);
     check(&out, "fabric_info");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("rank 0 -> 1: shm"), "{stdout}");
