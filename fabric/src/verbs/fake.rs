@@ -169,6 +169,24 @@ pub struct FakeMr {
     key: u32,
 }
 
+impl Drop for FakeDevice {
+    /// A closed device stops answering, like a NIC whose process ended: peers' later sends
+    /// fail with "transport retry counter exceeded" instead of landing in memory that is
+    /// about to be freed (its receive buffers and registrations are forgotten here, under the
+    /// network's lock, before the backend frees them).
+    fn drop(&mut self) {
+        let mut net = self.net.lock();
+        let d = &mut net.devs[self.dev];
+        d.alive = false;
+        d.srq.clear();
+        d.mrs.clear();
+        d.cq.clear();
+        for q in &mut d.qps {
+            q.state = QpState::Error;
+        }
+    }
+}
+
 impl FakeDevice {
     /// Index of this device in its network.
     pub fn index(&self) -> usize {

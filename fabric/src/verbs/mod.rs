@@ -1120,6 +1120,20 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_that_closed_takes_no_more_frames() {
+        let (_net, mut w) = world(2, FakeLimits::default(), 8);
+        let closed = w.pop().unwrap();
+        drop(closed);
+        // Its receive buffers are gone: the send fails instead of landing there.
+        assert_eq!(w[0].send(1, &header(0), &[1; 300]).unwrap(), Sent::Done);
+        let err = drain(&mut w[0]).unwrap_err();
+        assert!(
+            matches!(err, FabricError::PeerLost { peer: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn connection_steps_are_checked() {
         let net = FakeNet::new();
         let cfg = VerbsConfig::default();
