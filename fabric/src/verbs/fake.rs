@@ -12,7 +12,9 @@
 //!   failing makes any flaw in the credit flow visible;
 //! - a send to a queue pair that is not connected, or to a device that was [killed](FakeNet::kill),
 //!   fails with "transport retry counter exceeded", and the sending queue pair enters the
-//!   error state.
+//!   error state;
+//! - a device that is dropped stops answering, like a NIC whose process ended: its receive
+//!   buffers are forgotten before the backend frees them.
 //!
 //! Data moves when a work request is posted (the fake has no wire), in order per queue pair.
 
