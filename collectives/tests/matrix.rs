@@ -67,6 +67,7 @@ fn run(
                     header,
                     payload,
                 } => e.handle_frame(peer, header, payload),
+                Event::SendDone { peer, token } => e.on_lent_send_done(peer, token),
             })
             .unwrap();
             let _ = e.progress_tx(f);

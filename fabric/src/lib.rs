@@ -86,6 +86,9 @@ pub struct Caps {
     pub rndv_read_max: usize,
     /// Chunk size for pipelined rendezvous data.
     pub pipeline_chunk: usize,
+    /// Smallest eager payload worth [`Fabric::send_lent`] (sent in place, without a copy);
+    /// `usize::MAX` where the fabric always copies.
+    pub lent_min: usize,
     /// Performance model.
     pub model: PerfModel,
 }
@@ -98,6 +101,10 @@ pub enum Sent {
     Done,
     /// No room now: keep the frame, poll, and try again.
     WouldBlock,
+    /// Only from [`Fabric::send_lent`]: the frame is on its way, but the fabric still reads
+    /// the payload in place. It reports [`Event::SendDone`] with the send's token once the
+    /// payload may be reused.
+    Lent,
 }
 
 /// What [`Fabric::poll`] reports.
@@ -111,6 +118,13 @@ pub enum Event<'a> {
         header: &'a Header,
         /// Its payload.
         payload: &'a [u8],
+    },
+    /// A send that returned [`Sent::Lent`] has finished reading its payload.
+    SendDone {
+        /// The send's destination.
+        peer: Rank,
+        /// The token given to [`Fabric::send_lent`].
+        token: u64,
     },
 }
 
@@ -176,6 +190,20 @@ pub trait Fabric {
     fn caps(&self, peer: Rank) -> &Caps;
     /// Sends one frame. `payload.len()` must not exceed `caps(peer).max_payload`.
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError>;
+    /// Sends one eager frame whose payload stays alive and unchanged until the send completes
+    /// (the caller holds `payload` until then). A fabric that can send it in place, without
+    /// copying it first, returns [`Sent::Lent`] and later reports [`Event::SendDone`] with
+    /// `token`; the default copies it like [`Fabric::send`].
+    fn send_lent(
+        &mut self,
+        peer: Rank,
+        header: &Header,
+        payload: &MemRef,
+        token: u64,
+    ) -> Result<Sent, FabricError> {
+        let _ = token;
+        self.send(peer, header, payload.bytes())
+    }
     /// Reads `dst.len()` bytes of `peer`'s lent memory at `remote.addr + offset` into `dst`.
     /// Completes before returning. Only where `caps(peer).rma_read`.
     fn read(

@@ -42,6 +42,7 @@ pub fn world_with(
         rndv_read_min,
         rndv_read_max: usize::MAX,
         pipeline_chunk: max_payload,
+        lent_min: usize::MAX,
         model: PerfModel {
             latency_us: 1.0,
             bandwidth_gbs: 5.0,

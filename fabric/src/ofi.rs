@@ -12,7 +12,11 @@
 //! - **Frames.** Every frame is one message: an 8-byte prefix (magic, sender rank), the
 //!   48-byte header and the payload. Sends up to the provider's inject size go out with
 //!   `fi_inject` from a scratch buffer; larger ones are copied into one of [`TX_SLOTS`]
-//!   pre-registered bounce buffers, released when their completion is read. Receives land in
+//!   pre-registered bounce buffers, released when their completion is read. Over the `shm`
+//!   provider, eager frames beyond its inject size go out in place instead
+//!   ([`Fabric::send_lent`]): `fi_sendv` of the prefix and header from a bounce buffer and the
+//!   payload from the caller's memory, which the receiving process then reads with
+//!   `process_vm_readv`; the completion is reported as [`Event::SendDone`]. Receives land in
 //!   [`RX_SLOTS`] pre-posted, pre-registered buffers and are reposted once the engine has
 //!   seen the frame.
 //! - **Completions.** One completion queue, read in batches by [`Fabric::poll`]; the progress
@@ -428,6 +432,11 @@ impl Slab {
         self.mem[i * SLOT..].as_mut_ptr()
     }
 
+    /// The first `len` bytes of slot `i` (at most a slot).
+    fn bytes(&self, i: usize, len: usize) -> &[u8] {
+        &self.mem[i * SLOT..i * SLOT + len.min(SLOT)]
+    }
+
     fn desc(&self) -> *mut c_void {
         self.mr.as_ref().map_or(ptr::null_mut(), Mr::desc)
     }
@@ -484,6 +493,13 @@ pub struct Ofi {
     tx: Slab,
     tx_free: Vec<usize>,
     tx_peer: Vec<Rank>,
+    /// The token of the lent send each slot carries the frame head of (`None`: a copied
+    /// frame).
+    tx_token: Vec<Option<u64>>,
+    /// Lent sends completed since the last poll: (peer, token), reported by `poll`.
+    lent_done: Vec<(Rank, u64)>,
+    /// Sends that went out in place (`ofi.lent_sends`).
+    lent_sends: u64,
     /// Receive slots to post again (the provider said EAGAIN).
     repost: Vec<usize>,
     /// Receives completed while a read waited: (slot, length), delivered by the next poll.
@@ -620,6 +636,18 @@ impl Ofi {
         let eager_max = crate::shm::env_usize("OXMPI_OFI_EAGER_MAX")
             .unwrap_or(default_eager)
             .min(MAX_PAYLOAD);
+        // Over the shm provider a frame beyond its inject size is read by the receiving
+        // process (process_vm_readv) straight from the sender's memory: send the payload from
+        // where it is rather than copying it into a bounce buffer first. Only there: the
+        // reader is the peer, so a send failed with its peer leaves nothing of ours reading the
+        // buffer after it returns to the user.
+        let lent_min = if prov_name == "shm" {
+            crate::shm::env_usize("OXMPI_OFI_LENT_MIN")
+                .unwrap_or((inject + 1).saturating_sub(PREFIX + HEADER_LEN))
+                .max(1)
+        } else {
+            usize::MAX
+        };
         let caps = Caps {
             name: "ofi",
             rma_read: rma,
@@ -628,6 +656,7 @@ impl Ofi {
             rndv_read_min: if rma { eager_max + 1 } else { usize::MAX },
             rndv_read_max: usize::MAX,
             pipeline_chunk: MAX_PAYLOAD,
+            lent_min,
             model: PerfModel {
                 latency_us: 5.0,
                 bandwidth_gbs: 5.0,
@@ -647,6 +676,9 @@ impl Ofi {
             tx,
             tx_free: (0..TX_SLOTS).rev().collect(),
             tx_peer: vec![0; TX_SLOTS],
+            tx_token: vec![None; TX_SLOTS],
+            lent_done: Vec::new(),
+            lent_sends: 0,
             repost: Vec::new(),
             arrived: VecDeque::new(),
             read_done: None,
@@ -782,7 +814,12 @@ impl Ofi {
             for e in &entries[..n] {
                 match self.op_of(e.op_context) {
                     Some(Op::Recv(slot)) => self.arrived.push_back((slot, e.len)),
-                    Some(Op::Send(slot)) => self.tx_free.push(slot),
+                    Some(Op::Send(slot)) => {
+                        if let Some(token) = self.tx_token[slot].take() {
+                            self.lent_done.push((self.tx_peer[slot], token));
+                        }
+                        self.tx_free.push(slot);
+                    }
                     Some(Op::Read) => self.read_done = Some(Ok(())),
                     None => {}
                 }
@@ -827,6 +864,8 @@ impl Ofi {
                 self.post_recv(slot)
             }
             Some(Op::Send(slot)) => {
+                // A lent send's request fails with its peer (the engine's `fail_peer`).
+                self.tx_token[slot] = None;
                 self.tx_free.push(slot);
                 Err(FabricError::PeerLost {
                     peer: self.tx_peer[slot],
@@ -848,7 +887,7 @@ impl Ofi {
         len: usize,
         on: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), FabricError> {
-        let bytes = &self.rx.mem[slot * SLOT..slot * SLOT + len.min(SLOT)];
+        let bytes = self.rx.bytes(slot, len);
         let word = |i: usize| {
             bytes
                 .get(i..i + 4)
@@ -987,6 +1026,73 @@ impl Fabric for Ofi {
         }
     }
 
+    fn send_lent(
+        &mut self,
+        peer: Rank,
+        header: &Header,
+        payload: &MemRef,
+        token: u64,
+    ) -> Result<Sent, FabricError> {
+        let bytes = payload.bytes();
+        if bytes.len() < self.caps.lent_min {
+            return self.send(peer, header, bytes);
+        }
+        let dest = self.peer_addr(peer)?;
+        if self.tx_free.is_empty() {
+            self.reap()?;
+        }
+        let Some(slot) = self.tx_free.pop() else {
+            return Ok(Sent::WouldBlock);
+        };
+        let head = self.tx.slot(slot);
+        let prefix = self.frame_prefix();
+        // SAFETY: the slot has room for the prefix and header and is not in flight (it was on
+        // the free list).
+        unsafe {
+            ptr::copy_nonoverlapping(prefix.as_ptr(), head, PREFIX);
+            ptr::copy_nonoverlapping(header.as_ptr(), head.add(PREFIX), HEADER_LEN);
+        }
+        let iov = [
+            fi::iovec {
+                iov_base: head.cast(),
+                iov_len: PREFIX + HEADER_LEN,
+            },
+            fi::iovec {
+                iov_base: bytes.as_ptr() as *mut c_void,
+                iov_len: bytes.len(),
+            },
+        ];
+        let mut desc = [self.tx.desc(), ptr::null_mut()];
+        let ctx = self.ctx_ptr(RX_SLOTS + slot);
+        // SAFETY: the head slot stays untouched until its completion frees it; the payload
+        // stays alive and unchanged until then too (the caller holds it until it sees
+        // `Event::SendDone` with this token, or fails the send with its peer). The shm
+        // provider (the only one lent sends go to) needs no local registration.
+        let ret = unsafe {
+            fi::oxmpi_fi_sendv(self.ep.ep, iov.as_ptr(), desc.as_mut_ptr(), 2, dest, ctx)
+        };
+        match ret {
+            0 => {
+                self.tx_peer[slot] = peer;
+                self.tx_token[slot] = Some(token);
+                self.lent_sends += 1;
+                Ok(Sent::Lent)
+            }
+            r if r == -(fi::FI_EAGAIN as isize) => {
+                self.tx_free.push(slot);
+                self.reap()?;
+                Ok(Sent::WouldBlock)
+            }
+            r => {
+                self.tx_free.push(slot);
+                Err(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, "fi_sendv"),
+                })
+            }
+        }
+    }
+
     fn read(
         &mut self,
         peer: Rank,
@@ -1035,6 +1141,10 @@ impl Fabric for Ofi {
         let mut n = 0;
         while let Some((slot, len)) = self.arrived.pop_front() {
             self.deliver(slot, len, on)?;
+            n += 1;
+        }
+        for (peer, token) in self.lent_done.drain(..) {
+            on(Event::SendDone { peer, token });
             n += 1;
         }
         Ok(n)
@@ -1119,6 +1229,7 @@ impl Fabric for Ofi {
     fn counters(&self) -> Vec<(String, u64)> {
         let mut c = crate::cache_counters("ofi", &self.cache.stats());
         c.push(("ofi.foreign_frames".into(), self.foreign));
+        c.push(("ofi.lent_sends".into(), self.lent_sends));
         c
     }
 }
@@ -1211,15 +1322,20 @@ mod tests {
     /// Two endpoints of a 2-rank world in this process over `tcp;ofi_rxm` on loopback, with
     /// the given job tags.
     fn pair(tags: [u32; 2]) -> (Ofi, Ofi) {
+        pair_over("tcp;ofi_rxm", tags)
+    }
+
+    /// Two endpoints of a 2-rank world in this process over `provider`.
+    fn pair_over(provider: &str, tags: [u32; 2]) -> (Ofi, Ofi) {
         let open = |rank: Rank, tag: u32| {
             let config = OfiConfig {
-                provider: Some("tcp;ofi_rxm".into()),
+                provider: Some(provider.into()),
                 domain: None,
                 local_only: true,
                 job_tag: tag,
                 rma: true,
             };
-            Ofi::open(rank, 2, &config).expect("tcp;ofi_rxm endpoint on loopback")
+            Ofi::open(rank, 2, &config).expect("an endpoint of the provider")
         };
         let (mut a, mut b) = (open(0, tags[0]), open(1, tags[1]));
         let addrs = vec![a.address().unwrap(), b.address().unwrap()];
@@ -1235,8 +1351,9 @@ mod tests {
         while !done(b, got.len()) && Instant::now() < deadline {
             a.poll(&mut |_| {}).unwrap();
             b.poll(&mut |e| {
-                let Event::Frame { payload, .. } = e;
-                got.push(payload.to_vec());
+                if let Event::Frame { payload, .. } = e {
+                    got.push(payload.to_vec());
+                }
             })
             .unwrap();
         }
@@ -1278,5 +1395,61 @@ mod tests {
         send(&mut d, &mut c, b"after");
         let got = exchange(&mut d, &mut c, |_, n| n == 1);
         assert_eq!(got, [b"after".to_vec()]);
+    }
+
+    /// Over the shm provider, eager frames beyond its inject size go out in place: the
+    /// payload arrives intact, the sender learns when it may reuse the buffer through
+    /// `SendDone` with its token, and smaller frames are still copied.
+    #[test]
+    fn shm_sends_large_eager_frames_in_place_and_reports_when_done() {
+        let (mut a, mut b) = pair_over("shm", [5, 5]);
+        let lent_min = a.caps(1).lent_min;
+        assert!(lent_min < EAGER_MAX, "lent_min {lent_min}");
+        let big: Vec<u8> = (0..EAGER_MAX).map(|i| (i * 7 % 251) as u8).collect();
+        let payload = MemRef::owned(big.clone());
+        let small = MemRef::owned(vec![3u8; 100]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut frames, mut done) = (Vec::new(), Vec::new());
+        let take = |b: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>| {
+            b.poll(&mut |e| {
+                if let Event::Frame {
+                    peer,
+                    header,
+                    payload,
+                } = e
+                {
+                    frames.push((peer, header[0], payload.to_vec()));
+                }
+            })
+            .unwrap();
+        };
+        // The provider may push back while it maps the peer's region.
+        let send = |a: &mut Ofi, b: &mut Ofi, f: &mut Vec<_>, h: u8, p: &MemRef, t: u64| loop {
+            match a.send_lent(1, &[h; HEADER_LEN], p, t).unwrap() {
+                Sent::WouldBlock if Instant::now() < deadline => take(b, f),
+                sent => return sent,
+            }
+        };
+        assert_eq!(send(&mut a, &mut b, &mut frames, 1, &small, 41), Sent::Done);
+        assert_eq!(
+            send(&mut a, &mut b, &mut frames, 2, &payload, 42),
+            Sent::Lent
+        );
+        while (frames.len() < 2 || done.is_empty()) && Instant::now() < deadline {
+            a.poll(&mut |e| {
+                if let Event::SendDone { peer, token } = e {
+                    done.push((peer, token));
+                }
+            })
+            .unwrap();
+            take(&mut b, &mut frames);
+        }
+        assert_eq!(done, [(1, 42)]);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], (0, 1, vec![3u8; 100]));
+        assert_eq!(frames[1].0, 0);
+        assert_eq!(frames[1].1, 2);
+        assert!(frames[1].2 == big, "lent payload arrived changed");
+        assert!(a.counters().contains(&("ofi.lent_sends".to_string(), 1)));
     }
 }

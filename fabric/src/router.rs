@@ -42,6 +42,7 @@ impl Router {
             rndv_read_min: usize::MAX,
             rndv_read_max: 0,
             pipeline_chunk: usize::MAX,
+            lent_min: usize::MAX,
             model: crate::PerfModel {
                 latency_us: 0.05,
                 bandwidth_gbs: 20.0,
@@ -114,6 +115,16 @@ impl Fabric for Router {
     #[inline]
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
         self.backend(peer).send(peer, header, payload)
+    }
+
+    fn send_lent(
+        &mut self,
+        peer: Rank,
+        header: &Header,
+        payload: &MemRef,
+        token: u64,
+    ) -> Result<Sent, FabricError> {
+        self.backend(peer).send_lent(peer, header, payload, token)
     }
 
     fn read(

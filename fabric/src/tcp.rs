@@ -43,6 +43,7 @@ pub fn caps() -> Caps {
         rndv_read_min: usize::MAX,
         rndv_read_max: 0,
         pipeline_chunk: MAX_PAYLOAD,
+        lent_min: usize::MAX,
         model: PerfModel {
             latency_us: 10.0,
             bandwidth_gbs: 3.0,

@@ -24,6 +24,9 @@ int oxmpi_fi_av_insert(struct fid_av *av, const void *addr, size_t count, fi_add
 ssize_t oxmpi_fi_send(struct fid_ep *ep, const void *buf, size_t len, void *desc,
                       fi_addr_t dest, void *context)
 { return fi_send(ep, buf, len, desc, dest, context); }
+ssize_t oxmpi_fi_sendv(struct fid_ep *ep, const struct iovec *iov, void **desc, size_t count,
+                       fi_addr_t dest, void *context)
+{ return fi_sendv(ep, iov, desc, count, dest, context); }
 ssize_t oxmpi_fi_inject(struct fid_ep *ep, const void *buf, size_t len, fi_addr_t dest)
 { return fi_inject(ep, buf, len, dest); }
 ssize_t oxmpi_fi_recv(struct fid_ep *ep, void *buf, size_t len, void *desc, fi_addr_t src,

@@ -68,6 +68,7 @@ impl Progress {
                 header,
                 payload,
             } => on_frame(engine, peer, header, payload),
+            Event::SendDone { peer, token } => engine.on_lent_send_done(peer, token),
         }) {
             Ok(n) => n,
             Err(e) => {

@@ -47,6 +47,9 @@ enum SendState {
     AwaitCts,
     Streaming,
     AwaitFin,
+    /// Eager frame sent in place ([`Sent::Lent`]): waits for the fabric's
+    /// [`Event::SendDone`](oxmpi_fabric::Event::SendDone).
+    AwaitLocal,
 }
 
 #[derive(Debug)]
@@ -366,6 +369,7 @@ impl Engine {
         let d = dest as usize;
         if dest == self.rank
             || bytes.len() > self.config[d].eager_max
+            || bytes.len() >= self.config[d].lent_min
             || !self.txq[d].is_empty()
             || self.dead[d].is_some()
         {
@@ -388,7 +392,8 @@ impl Engine {
                 self.send_seq[d] = seq.wrapping_add(1);
                 Ok(true)
             }
-            Ok(Sent::WouldBlock) => Ok(false),
+            // `send` never lends.
+            Ok(Sent::WouldBlock | Sent::Lent) => Ok(false),
             Err(e) => {
                 self.fail_peer(dest, &e.to_string());
                 Err(e)
@@ -903,6 +908,23 @@ impl Engine {
         }
     }
 
+    /// The fabric has finished reading the payload of an eager send it took in place
+    /// ([`Sent::Lent`]): the send is complete. A token of a send already failed (its peer
+    /// lost) is ignored.
+    pub fn on_lent_send_done(&mut self, peer: Rank, token: u64) {
+        match self.send_req(token) {
+            Some(s) if s.dest == peer && s.state == SendState::AwaitLocal => {
+                let st = Status {
+                    source: s.dest,
+                    tag: s.tag,
+                    bytes: s.len,
+                };
+                self.complete(token, st, Ok(()));
+            }
+            _ => {}
+        }
+    }
+
     fn on_send_done(&mut self, peer: Rank, sreq: u64, kind: Kind) {
         let expect = if kind == Kind::Fin {
             SendState::AwaitFin
@@ -997,6 +1019,7 @@ impl Engine {
             let sent = match tx {
                 Tx::Eager(id) | Tx::Rts(id) => {
                     let me = self.rank;
+                    let lent_min = self.config[peer as usize].lent_min as u64;
                     let Some(s) = self.send_req(id) else {
                         self.txq[peer as usize].pop_front();
                         continue;
@@ -1033,8 +1056,15 @@ impl Engine {
                     } else {
                         &[][..]
                     };
-                    let sent = fabric.send(peer, &h.encode(), payload)?;
-                    if sent == Sent::Done {
+                    let lend = eager && !s.sync && s.len >= lent_min;
+                    let sent = if lend {
+                        fabric.send_lent(peer, &h.encode(), data, id)?
+                    } else {
+                        fabric.send(peer, &h.encode(), payload)?
+                    };
+                    if sent == Sent::Lent {
+                        s.state = SendState::AwaitLocal;
+                    } else if sent == Sent::Done {
                         let st = Status {
                             source: s.dest,
                             tag: s.tag,

@@ -38,6 +38,8 @@ pub struct ProtocolConfig {
     pub read_max: usize,
     /// Pipeline chunk size.
     pub chunk: usize,
+    /// Smallest eager message handed to the fabric in place ([`Caps::lent_min`]).
+    pub lent_min: usize,
     /// Largest eager message of a collective's exchanges: a whole frame, up to
     /// [`EXCHANGE_EAGER_MAX`] (see [`ProtocolConfig::select_exchange`]).
     pub exchange_eager_max: usize,
@@ -86,6 +88,7 @@ impl ProtocolConfig {
             read_min,
             read_max,
             chunk: caps.pipeline_chunk.min(caps.max_payload).max(1),
+            lent_min: caps.lent_min,
             exchange_eager_max,
             oneway_eager_max: exchange_eager_max,
         }
@@ -138,6 +141,7 @@ mod tests {
             read_min: 1000,
             read_max: 5000,
             chunk: 10,
+            lent_min: usize::MAX,
             exchange_eager_max: 200,
             oneway_eager_max: 200,
         };

@@ -48,6 +48,7 @@ impl Sim {
                 rndv_read_min: config.read_min,
                 rndv_read_max: config.read_max,
                 pipeline_chunk: config.chunk,
+                lent_min: usize::MAX,
                 model: PerfModel {
                     latency_us: 1.0,
                     bandwidth_gbs: 1.0,
@@ -167,6 +168,7 @@ fn config() -> ProtocolConfig {
         read_min: 4096,
         read_max: 8000,
         chunk: 100,
+        lent_min: usize::MAX,
         exchange_eager_max: 100,
         oneway_eager_max: 100,
     }

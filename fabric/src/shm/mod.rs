@@ -72,6 +72,7 @@ pub fn caps(cma: bool) -> Caps {
         rndv_read_min: env_usize("OXMPI_SHM_RNDV_READ_MIN").unwrap_or(RNDV_READ_MIN),
         rndv_read_max: env_usize("OXMPI_SHM_RNDV_READ_MAX").unwrap_or(RNDV_READ_MAX),
         pipeline_chunk: MAX_PAYLOAD,
+        lent_min: usize::MAX,
         model: PerfModel {
             latency_us: 0.3,
             bandwidth_gbs: 20.0,

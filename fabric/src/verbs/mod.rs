@@ -269,6 +269,7 @@ impl<D: VerbsDevice> Verbs<D> {
             rndv_read_min: eager_max + 1,
             rndv_read_max: usize::MAX,
             pipeline_chunk: MAX_PAYLOAD,
+            lent_min: usize::MAX,
             model: PerfModel {
                 latency_us: 1.5,
                 bandwidth_gbs: 10.0,
@@ -668,7 +669,8 @@ impl<D: VerbsDevice> Verbs<D> {
                     }
                     self.credit_due.swap_remove(i);
                 }
-                Sent::WouldBlock => i += 1,
+                // post_frame copies or inlines: it never lends.
+                Sent::WouldBlock | Sent::Lent => i += 1,
             }
         }
         Ok(())
@@ -936,12 +938,14 @@ mod tests {
     fn drain(v: &mut Verbs<FakeDevice>) -> Result<Frames, FabricError> {
         let mut got = Vec::new();
         v.poll(&mut |e| {
-            let Event::Frame {
+            if let Event::Frame {
                 peer,
                 header,
                 payload,
-            } = e;
-            got.push((peer, *header, payload.to_vec()));
+            } = e
+            {
+                got.push((peer, *header, payload.to_vec()));
+            }
         })?;
         Ok(got)
     }
