@@ -930,6 +930,58 @@ impl Ofi {
         result
     }
 
+    /// A free send slot, reading completions first if none is free.
+    fn take_slot(&mut self) -> Result<Option<usize>, FabricError> {
+        if self.tx_free.is_empty() {
+            self.reap()?;
+        }
+        Ok(self.tx_free.pop())
+    }
+
+    /// Writes the frame's prefix and `header` at the start of send slot `slot` (taken from
+    /// the free list); returns the slot's address.
+    fn write_head(&mut self, slot: usize, header: &Header) -> *mut u8 {
+        let prefix = self.frame_prefix();
+        let buf = self.tx.slot(slot);
+        // SAFETY: every slot has room for the prefix and header, and this one is not in
+        // flight (it came off the free list).
+        unsafe {
+            ptr::copy_nonoverlapping(prefix.as_ptr(), buf, PREFIX);
+            ptr::copy_nonoverlapping(header.as_ptr(), buf.add(PREFIX), HEADER_LEN);
+        }
+        buf
+    }
+
+    /// What posting a send from `slot` to `peer` returned: `true` once posted (the slot is
+    /// `peer`'s until its completion); `false` when the provider pushed back (the slot is free
+    /// again); an error fails the peer.
+    fn posted(
+        &mut self,
+        ret: isize,
+        slot: usize,
+        peer: Rank,
+        what: &str,
+    ) -> Result<bool, FabricError> {
+        match ret {
+            0 => {
+                self.tx_peer[slot] = peer;
+                Ok(true)
+            }
+            r if r == -(fi::FI_EAGAIN as isize) => {
+                self.tx_free.push(slot);
+                self.reap()?;
+                Ok(false)
+            }
+            r => {
+                self.tx_free.push(slot);
+                Err(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, what),
+                })
+            }
+        }
+    }
+
     fn frame_prefix(&self) -> [u8; PREFIX] {
         let mut p = [0u8; PREFIX];
         p[..4].copy_from_slice(&self.job_tag.to_le_bytes());
@@ -965,9 +1017,9 @@ impl Fabric for Ofi {
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
         let dest = self.peer_addr(peer)?;
         let total = PREFIX + HEADER_LEN + payload.len();
-        let prefix = self.frame_prefix();
-        let eagain = -(fi::FI_EAGAIN as isize);
         if total <= self.inject_max {
+            let prefix = self.frame_prefix();
+            let eagain = -(fi::FI_EAGAIN as isize);
             let buf = &mut self.scratch[..total];
             buf[..PREFIX].copy_from_slice(&prefix);
             buf[PREFIX..PREFIX + HEADER_LEN].copy_from_slice(header);
@@ -986,44 +1038,28 @@ impl Fabric for Ofi {
                 }),
             };
         }
-        if self.tx_free.is_empty() {
-            self.reap()?;
-        }
-        let Some(slot) = self.tx_free.pop() else {
+        let Some(slot) = self.take_slot()? else {
             return Ok(Sent::WouldBlock);
         };
-        let buf = self.tx.slot(slot);
+        let buf = self.write_head(slot, header);
         // SAFETY: the slot has SLOT >= total bytes (payload <= MAX_PAYLOAD) and is not in
         // flight (it was on the free list).
         unsafe {
-            ptr::copy_nonoverlapping(prefix.as_ptr(), buf, PREFIX);
-            ptr::copy_nonoverlapping(header.as_ptr(), buf.add(PREFIX), HEADER_LEN);
             ptr::copy_nonoverlapping(
                 payload.as_ptr(),
                 buf.add(PREFIX + HEADER_LEN),
                 payload.len(),
             );
         }
-        self.tx_peer[slot] = peer;
         let ctx = self.ctx_ptr(RX_SLOTS + slot);
         let desc = self.tx.desc();
         // SAFETY: the slot stays untouched until its completion returns it to the free list.
         let ret = unsafe { fi::oxmpi_fi_send(self.ep.ep, buf.cast(), total, desc, dest, ctx) };
-        match ret {
-            0 => Ok(Sent::Done),
-            r if r == eagain => {
-                self.tx_free.push(slot);
-                self.reap()?;
-                Ok(Sent::WouldBlock)
-            }
-            r => {
-                self.tx_free.push(slot);
-                Err(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, "fi_send"),
-                })
-            }
-        }
+        Ok(if self.posted(ret, slot, peer, "fi_send")? {
+            Sent::Done
+        } else {
+            Sent::WouldBlock
+        })
     }
 
     fn send_lent(
@@ -1038,20 +1074,10 @@ impl Fabric for Ofi {
             return self.send(peer, header, bytes);
         }
         let dest = self.peer_addr(peer)?;
-        if self.tx_free.is_empty() {
-            self.reap()?;
-        }
-        let Some(slot) = self.tx_free.pop() else {
+        let Some(slot) = self.take_slot()? else {
             return Ok(Sent::WouldBlock);
         };
-        let head = self.tx.slot(slot);
-        let prefix = self.frame_prefix();
-        // SAFETY: the slot has room for the prefix and header and is not in flight (it was on
-        // the free list).
-        unsafe {
-            ptr::copy_nonoverlapping(prefix.as_ptr(), head, PREFIX);
-            ptr::copy_nonoverlapping(header.as_ptr(), head.add(PREFIX), HEADER_LEN);
-        }
+        let head = self.write_head(slot, header);
         let iov = [
             fi::iovec {
                 iov_base: head.cast(),
@@ -1071,26 +1097,12 @@ impl Fabric for Ofi {
         let ret = unsafe {
             fi::oxmpi_fi_sendv(self.ep.ep, iov.as_ptr(), desc.as_mut_ptr(), 2, dest, ctx)
         };
-        match ret {
-            0 => {
-                self.tx_peer[slot] = peer;
-                self.tx_token[slot] = Some(token);
-                self.lent_sends += 1;
-                Ok(Sent::Lent)
-            }
-            r if r == -(fi::FI_EAGAIN as isize) => {
-                self.tx_free.push(slot);
-                self.reap()?;
-                Ok(Sent::WouldBlock)
-            }
-            r => {
-                self.tx_free.push(slot);
-                Err(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, "fi_sendv"),
-                })
-            }
+        if !self.posted(ret, slot, peer, "fi_sendv")? {
+            return Ok(Sent::WouldBlock);
         }
+        self.tx_token[slot] = Some(token);
+        self.lent_sends += 1;
+        Ok(Sent::Lent)
     }
 
     fn read(
