@@ -15,6 +15,10 @@ struct InFlight {
     to: Rank,
     header: Header,
     payload: Vec<u8>,
+    /// A frame sent in place (`send_lent`): the address of its payload in the sender's lent
+    /// memory and the send's token. The payload is read from the sender only on delivery, as
+    /// a receiving process reads it, and the sender then hears `SendDone`.
+    lent: Option<(u64, usize, u64)>,
 }
 
 struct Sim {
@@ -48,7 +52,7 @@ impl Sim {
                 rndv_read_min: config.read_min,
                 rndv_read_max: config.read_max,
                 pipeline_chunk: config.chunk,
-                lent_min: usize::MAX,
+                lent_min: config.lent_min,
                 model: PerfModel {
                     latency_us: 1.0,
                     bandwidth_gbs: 1.0,
@@ -86,9 +90,25 @@ impl Sim {
                 self.rand(n as u64) as usize
             };
             let f = self.wire.borrow_mut().swap_remove(i);
+            let f = self.read_lent(f);
             self.engine(f.to)
                 .handle_frame(f.from, &f.header, &f.payload);
         }
+    }
+
+    /// For a frame sent in place, reads its payload from the sender's lent memory (which must
+    /// still be there, unchanged) and tells the sender the send is done.
+    fn read_lent(&self, mut f: InFlight) -> InFlight {
+        if let Some((addr, len, token)) = f.lent.take() {
+            let mut sender = self.engine(f.from);
+            let bytes = sender
+                .lent_bytes(addr)
+                .expect("a lent payload was released before its SendDone");
+            assert_eq!(bytes.len(), len);
+            f.payload = bytes.to_vec();
+            sender.on_lent_send_done(f.to, token);
+        }
+        f
     }
 
     /// Removes a random in-flight frame addressed to `to`, if any.
@@ -105,7 +125,8 @@ impl Sim {
             return None;
         }
         let i = idx[self.rand(idx.len() as u64) as usize];
-        Some(self.wire.borrow_mut().swap_remove(i))
+        let f = self.wire.borrow_mut().swap_remove(i);
+        Some(self.read_lent(f))
     }
 
     fn wait(&self, r: Rank, id: ReqId) -> Completion {
@@ -138,8 +159,32 @@ impl Fabric for SimFabric<'_> {
             to: peer,
             header: *header,
             payload: payload.to_vec(),
+            lent: None,
         });
         Ok(Sent::Done)
+    }
+    fn send_lent(
+        &mut self,
+        peer: Rank,
+        header: &Header,
+        payload: &MemRef,
+        token: u64,
+    ) -> Result<Sent, FabricError> {
+        let bytes = payload.bytes();
+        if bytes.len() < self.sim.caps.lent_min {
+            return self.send(peer, header, bytes);
+        }
+        if self.sim.rand(100) < self.sim.block_pct {
+            return Ok(Sent::WouldBlock);
+        }
+        self.sim.wire.borrow_mut().push(InFlight {
+            from: self.rank,
+            to: peer,
+            header: *header,
+            payload: Vec::new(),
+            lent: Some((bytes.as_ptr() as u64, bytes.len(), token)),
+        });
+        Ok(Sent::Lent)
     }
     fn read(
         &mut self,
@@ -174,6 +219,15 @@ fn config() -> ProtocolConfig {
     }
 }
 
+/// [`config`] with more eager sizes, of which those from 64 bytes are sent in place.
+fn lent_config() -> ProtocolConfig {
+    ProtocolConfig {
+        eager_max: 300,
+        lent_min: 64,
+        ..config()
+    }
+}
+
 /// Message body encoding (sender, per-(sender, tag) sequence) so content and order can be checked.
 fn body(src: u32, tag: i32, k: u32, len: usize) -> Vec<u8> {
     (0..len)
@@ -187,74 +241,84 @@ fn sizes(k: u32) -> usize {
 
 #[test]
 fn order_and_content_survive_reordering_for_every_protocol() {
-    for seed in 1..=5 {
-        let n = 4;
-        let sim = Sim::new(n, seed, config());
-        let per_tag = 12;
-        let mut sends = Vec::new();
-        for src in 1..n {
-            for k in 0..per_tag {
-                for tag in 0..3 {
-                    let data = body(src, tag, k, sizes(k + tag as u32));
-                    let id =
-                        sim.engine(src)
-                            .isend(0, 0, tag, MemRef::owned(data), SendMode::Standard);
-                    sends.push((src, id));
-                }
-            }
-        }
-        // Receive by explicit (source, tag) in an order different from the send order.
-        for tag in (0..3).rev() {
+    // Copied frames, then eager frames sent in place.
+    for cfg in [config(), lent_config()] {
+        for seed in 1..=5 {
+            let n = 4;
+            let sim = Sim::new(n, seed, cfg);
+            let per_tag = 12;
+            let mut sends = Vec::new();
             for src in 1..n {
                 for k in 0..per_tag {
-                    let id = sim.engine(0).irecv(0, src as i32, tag, None);
-                    let c = sim.wait(0, id);
-                    c.result.unwrap();
-                    assert_eq!(
-                        c.data.unwrap(),
-                        body(src, tag, k, sizes(k + tag as u32)),
-                        "seed {seed}"
-                    );
-                    assert_eq!((c.status.source, c.status.tag), (src, tag));
+                    for tag in 0..3 {
+                        let data = body(src, tag, k, sizes(k + tag as u32));
+                        let id = sim.engine(src).isend(
+                            0,
+                            0,
+                            tag,
+                            MemRef::owned(data),
+                            SendMode::Standard,
+                        );
+                        sends.push((src, id));
+                    }
                 }
             }
-        }
-        for (src, id) in sends {
-            sim.wait(src, id).result.unwrap();
+            // Receive by explicit (source, tag) in an order different from the send order.
+            for tag in (0..3).rev() {
+                for src in 1..n {
+                    for k in 0..per_tag {
+                        let id = sim.engine(0).irecv(0, src as i32, tag, None);
+                        let c = sim.wait(0, id);
+                        c.result.unwrap();
+                        assert_eq!(
+                            c.data.unwrap(),
+                            body(src, tag, k, sizes(k + tag as u32)),
+                            "seed {seed}"
+                        );
+                        assert_eq!((c.status.source, c.status.tag), (src, tag));
+                    }
+                }
+            }
+            for (src, id) in sends {
+                sim.wait(src, id).result.unwrap();
+            }
         }
     }
 }
 
 #[test]
 fn wildcards_keep_per_sender_order() {
-    let n = 3;
-    let sim = Sim::new(n, 42, config());
-    for src in 1..n {
-        for k in 0..40u32 {
-            let tag = (k % 4) as i32;
-            let id = sim.engine(src).isend(
-                7,
-                0,
-                tag,
-                MemRef::owned(body(src, 0, k, sizes(k))),
-                SendMode::Standard,
-            );
-            sim.engine(src).detach(id);
+    // Copied frames, then eager frames sent in place.
+    for cfg in [config(), lent_config()] {
+        let n = 3;
+        let sim = Sim::new(n, 42, cfg);
+        for src in 1..n {
+            for k in 0..40u32 {
+                let tag = (k % 4) as i32;
+                let id = sim.engine(src).isend(
+                    7,
+                    0,
+                    tag,
+                    MemRef::owned(body(src, 0, k, sizes(k))),
+                    SendMode::Standard,
+                );
+                sim.engine(src).detach(id);
+            }
         }
+        let mut next = vec![0u32; n as usize];
+        for _ in 0..80 {
+            let id = sim.engine(0).irecv(7, ANY_SOURCE, ANY_TAG, None);
+            let c = sim.wait(0, id);
+            let src = c.status.source;
+            let k = next[src as usize];
+            assert_eq!(c.status.tag, (k % 4) as i32);
+            assert_eq!(c.data.unwrap(), body(src, 0, k, sizes(k)));
+            next[src as usize] += 1;
+        }
+        assert_eq!(next, vec![0, 40, 40]);
+        // Contexts are separate: nothing leaks to another communicator.
+        assert!(sim.engine(0).iprobe(8, ANY_SOURCE, ANY_TAG).is_none());
     }
-    let mut next = vec![0u32; n as usize];
-    for _ in 0..80 {
-        let id = sim.engine(0).irecv(7, ANY_SOURCE, ANY_TAG, None);
-        let c = sim.wait(0, id);
-        let src = c.status.source;
-        let k = next[src as usize];
-        assert_eq!(c.status.tag, (k % 4) as i32);
-        assert_eq!(c.data.unwrap(), body(src, 0, k, sizes(k)));
-        next[src as usize] += 1;
-    }
-    assert_eq!(next, vec![0, 40, 40]);
-    // Contexts are separate: nothing leaks to another communicator.
-    assert!(sim.engine(0).iprobe(8, ANY_SOURCE, ANY_TAG).is_none());
 }
 
 #[test]
@@ -439,32 +503,38 @@ fn malformed_frames_are_dropped_and_counted() {
 
 #[test]
 fn immediate_sends_keep_order_with_queued_ones() {
-    for seed in 1..=10 {
-        let sim = Sim::new(2, seed, config());
-        let mut queued = Vec::new();
-        for k in 0..60u32 {
-            let data = body(0, 1, k, sizes(k));
-            let sent_now = k % 3 != 0 && {
-                let mut f = SimFabric { sim: &sim, rank: 0 };
-                sim.engine(0).try_send_now(&mut f, 0, 1, 1, &data).unwrap()
-            };
-            if !sent_now {
-                queued.push(
-                    sim.engine(0)
-                        .isend(0, 1, 1, MemRef::owned(data), SendMode::Standard),
+    // Copied frames, then eager frames sent in place.
+    for cfg in [config(), lent_config()] {
+        for seed in 1..=10 {
+            let sim = Sim::new(2, seed, cfg);
+            let mut queued = Vec::new();
+            for k in 0..60u32 {
+                let data = body(0, 1, k, sizes(k));
+                let sent_now = k % 3 != 0 && {
+                    let mut f = SimFabric { sim: &sim, rank: 0 };
+                    sim.engine(0).try_send_now(&mut f, 0, 1, 1, &data).unwrap()
+                };
+                if !sent_now {
+                    queued.push(sim.engine(0).isend(
+                        0,
+                        1,
+                        1,
+                        MemRef::owned(data),
+                        SendMode::Standard,
+                    ));
+                }
+            }
+            for k in 0..60u32 {
+                let r = sim.engine(1).irecv(0, 0, 1, None);
+                assert_eq!(
+                    sim.wait(1, r).data.unwrap(),
+                    body(0, 1, k, sizes(k)),
+                    "seed {seed} message {k}"
                 );
             }
-        }
-        for k in 0..60u32 {
-            let r = sim.engine(1).irecv(0, 0, 1, None);
-            assert_eq!(
-                sim.wait(1, r).data.unwrap(),
-                body(0, 1, k, sizes(k)),
-                "seed {seed} message {k}"
-            );
-        }
-        for id in queued {
-            sim.wait(0, id).result.unwrap();
+            for id in queued {
+                sim.wait(0, id).result.unwrap();
+            }
         }
     }
 }
@@ -473,68 +543,106 @@ fn immediate_sends_keep_order_with_queued_ones() {
 /// order is kept with the messages around it.
 #[test]
 fn direct_receives_take_only_their_in_order_message() {
-    for seed in 1..=10 {
-        let sim = Sim::new(3, seed, config());
-        for k in 0..30u32 {
-            for src in 1..3 {
-                let id = sim.engine(src).isend(
-                    0,
-                    0,
-                    (k % 2) as i32,
-                    MemRef::owned(body(src, 0, k, sizes(k))),
-                    SendMode::Standard,
-                );
-                sim.engine(src).detach(id);
+    // Copied frames, then eager frames sent in place.
+    for cfg in [config(), lent_config()] {
+        for seed in 1..=10 {
+            let sim = Sim::new(3, seed, cfg);
+            for k in 0..30u32 {
+                for src in 1..3 {
+                    let id = sim.engine(src).isend(
+                        0,
+                        0,
+                        (k % 2) as i32,
+                        MemRef::owned(body(src, 0, k, sizes(k))),
+                        SendMode::Standard,
+                    );
+                    sim.engine(src).detach(id);
+                }
             }
+            let mut next = [0u32; 3];
+            let mut direct = 0;
+            for _ in 0..60 {
+                // Wildcard receives; take directly when allowed, else through a request.
+                let want = (0, oxmpi_p2p::ANY_SOURCE, oxmpi_p2p::ANY_TAG);
+                let mut buf = vec![0u8; 20_000];
+                let got = if sim.engine(0).can_recv_direct(0, want.1, want.2) {
+                    let mut out = None;
+                    for _ in 0..200_000 {
+                        for r in 1..3 {
+                            let mut f = SimFabric { sim: &sim, rank: r };
+                            sim.engine(r).progress_tx(&mut f).unwrap();
+                        }
+                        let Some(f) = sim.take_frame_for(0) else {
+                            continue;
+                        };
+                        out = sim
+                            .engine(0)
+                            .handle_frame_direct(f.from, &f.header, &f.payload, want, &mut buf);
+                        if out.is_some() || !sim.engine(0).can_recv_direct(0, want.1, want.2) {
+                            break;
+                        }
+                    }
+                    match out {
+                        Some(r) => {
+                            direct += 1;
+                            let st = r.unwrap();
+                            Some((st.source, buf[..st.bytes as usize].to_vec()))
+                        }
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                let (src, data) = got.unwrap_or_else(|| {
+                    let id = sim.engine(0).irecv(0, want.1, want.2, None);
+                    let c = sim.wait(0, id);
+                    (c.status.source, c.data.unwrap())
+                });
+                let k = next[src as usize];
+                assert_eq!(
+                    data,
+                    body(src, 0, k, sizes(k)),
+                    "seed {seed}: message {k} from {src}"
+                );
+                next[src as usize] += 1;
+            }
+            assert_eq!(next, [0, 30, 30]);
+            assert!(direct > 0, "seed {seed}: the direct path was never taken");
         }
-        let mut next = [0u32; 3];
-        let mut direct = 0;
-        for _ in 0..60 {
-            // Wildcard receives; take directly when allowed, else through a request.
-            let want = (0, oxmpi_p2p::ANY_SOURCE, oxmpi_p2p::ANY_TAG);
-            let mut buf = vec![0u8; 20_000];
-            let got = if sim.engine(0).can_recv_direct(0, want.1, want.2) {
-                let mut out = None;
-                for _ in 0..200_000 {
-                    for r in 1..3 {
-                        let mut f = SimFabric { sim: &sim, rank: r };
-                        sim.engine(r).progress_tx(&mut f).unwrap();
-                    }
-                    let Some(f) = sim.take_frame_for(0) else {
-                        continue;
-                    };
-                    out = sim
-                        .engine(0)
-                        .handle_frame_direct(f.from, &f.header, &f.payload, want, &mut buf);
-                    if out.is_some() || !sim.engine(0).can_recv_direct(0, want.1, want.2) {
-                        break;
-                    }
-                }
-                match out {
-                    Some(r) => {
-                        direct += 1;
-                        let st = r.unwrap();
-                        Some((st.source, buf[..st.bytes as usize].to_vec()))
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
-            let (src, data) = got.unwrap_or_else(|| {
-                let id = sim.engine(0).irecv(0, want.1, want.2, None);
-                let c = sim.wait(0, id);
-                (c.status.source, c.data.unwrap())
-            });
-            let k = next[src as usize];
-            assert_eq!(
-                data,
-                body(src, 0, k, sizes(k)),
-                "seed {seed}: message {k} from {src}"
-            );
-            next[src as usize] += 1;
-        }
-        assert_eq!(next, [0, 30, 30]);
-        assert!(direct > 0, "seed {seed}: the direct path was never taken");
     }
+}
+
+/// A send in place to a peer that is then lost fails with it; the fabric's late `SendDone`
+/// for it is ignored and completes nothing else.
+#[test]
+fn lent_send_to_a_lost_peer_fails_and_a_late_done_is_ignored() {
+    let sim = Sim::new(3, 6, lent_config());
+    let to1 = sim
+        .engine(0)
+        .isend(0, 1, 0, MemRef::owned(vec![7; 200]), SendMode::Standard);
+    let to2 = sim
+        .engine(0)
+        .isend(0, 2, 0, MemRef::owned(vec![8; 200]), SendMode::Standard);
+    // Hand both to the fabric (back-pressure may take a few tries), delivering nothing.
+    for _ in 0..100 {
+        let mut f = SimFabric { sim: &sim, rank: 0 };
+        sim.engine(0).progress_tx(&mut f).unwrap();
+    }
+    assert_eq!(sim.wire.borrow().len(), 2, "both sends are on the wire");
+    assert!(sim.wire.borrow().iter().all(|f| f.lent.is_some()));
+    assert!(
+        sim.engine(0).take(to1).is_none(),
+        "a lent send waits for SendDone"
+    );
+    sim.engine(0).fail_peer(1, "test");
+    // Rank 1's frame is lost with it.
+    sim.wire.borrow_mut().retain(|f| f.to != 1);
+    assert!(matches!(
+        sim.wait(0, to1).result,
+        Err(P2pError::PeerLost { rank: 1, .. })
+    ));
+    sim.engine(0).on_lent_send_done(1, to1);
+    let r = sim.engine(2).irecv(0, 0, 0, None);
+    assert_eq!(sim.wait(2, r).data.unwrap(), vec![8; 200]);
+    sim.wait(0, to2).result.unwrap();
 }
