@@ -24,6 +24,8 @@ ssize_t oxmpi_fi_send(struct fid_ep *ep, const void *buf, size_t len, void *desc
 ssize_t oxmpi_fi_sendv(struct fid_ep *ep, const struct iovec *iov, void **desc, size_t count,
                        fi_addr_t dest, void *context);
 ssize_t oxmpi_fi_inject(struct fid_ep *ep, const void *buf, size_t len, fi_addr_t dest);
+ssize_t oxmpi_fi_injectdata(struct fid_ep *ep, const void *buf, size_t len, uint64_t data,
+                            fi_addr_t dest);
 ssize_t oxmpi_fi_recv(struct fid_ep *ep, void *buf, size_t len, void *desc, fi_addr_t src,
                       void *context);
 ssize_t oxmpi_fi_read(struct fid_ep *ep, void *buf, size_t len, void *desc, fi_addr_t src,

@@ -16,7 +16,12 @@
 //!   provider, eager frames beyond its inject size go out in place instead
 //!   ([`Fabric::send_lent`]): `fi_sendv` of the prefix and header from a bounce buffer and the
 //!   payload from the caller's memory, which the receiving process then reads with
-//!   `process_vm_readv`; the completion is reported as [`Event::SendDone`]. Receives land in
+//!   `process_vm_readv`; the completion is reported as [`Event::SendDone`]. A payload that
+//!   fits the shm provider's inject size only without the 56-byte head goes as a *split
+//!   frame*: two injects, the head (its rank word marked with [`SPLIT_HEAD`]) and then the
+//!   bare payload, which carries the prefix as remote CQ data; the receiver keeps the head
+//!   until the payload from the same sender arrives (the provider keeps a sender's messages
+//!   in order), so a 4 KiB message stays on the inject path. Receives land in
 //!   [`RX_SLOTS`] pre-posted, pre-registered buffers and are reposted once the engine has
 //!   seen the frame.
 //! - **Completions.** One completion queue, read in batches by [`Fabric::poll`]; the progress
@@ -56,8 +61,10 @@ pub const RX_SLOTS: usize = 64;
 pub const TX_SLOTS: usize = 64;
 const SLOT: usize = PREFIX + HEADER_LEN + MAX_PAYLOAD;
 /// Largest inject this backend uses (the provider's limit may be lower).
-const INJECT_CAP: usize = 1024;
+const INJECT_CAP: usize = 4096;
 const CQ_BATCH: usize = 16;
+/// Bit of a frame prefix's rank word marking a split frame's head (see the module doc).
+const SPLIT_HEAD: u32 = 1 << 31;
 /// After this long without a completion, `wait` sleeps instead of polling.
 const IDLE_SLEEP_AFTER: Duration = Duration::from_millis(50);
 /// How long a remote read may take before it is reported as failed.
@@ -502,8 +509,21 @@ pub struct Ofi {
     lent_sends: u64,
     /// Receive slots to post again (the provider said EAGAIN).
     repost: Vec<usize>,
-    /// Receives completed while a read waited: (slot, length), delivered by the next poll.
-    arrived: VecDeque<(usize, usize)>,
+    /// Receives completed and not yet delivered: (slot, length, remote CQ data), handed out
+    /// by the next poll.
+    arrived: VecDeque<(usize, usize, Option<u64>)>,
+    /// Largest payload sent as a split frame (0: never; see the module doc).
+    split_max: usize,
+    /// Split frames sent (`ofi.split_sends`).
+    split_sends: u64,
+    /// A split frame's payload the provider pushed back after its head went out: its peer
+    /// and length (the bytes are in `split_pending_buf`). Posted before any other send.
+    split_pending: Option<(Rank, usize)>,
+    split_pending_buf: Box<[u8; INJECT_CAP]>,
+    /// Failures found outside `poll` and `send` (posting `split_pending`), reported by `poll`.
+    deferred: Vec<FabricError>,
+    /// Per sender: the head of a split frame whose payload has not arrived yet.
+    split_heads: Vec<Option<Header>>,
     /// Outcome of the read in flight.
     read_done: Option<Result<(), String>>,
     /// The job's tag, first word of every frame.
@@ -559,7 +579,7 @@ impl Ofi {
         };
         // SAFETY: fi_getinfo returned a non-empty list; its first entry and attributes are
         // valid while `info` lives.
-        let (i, prov_name, mr_mode, inject, max_msg) = unsafe {
+        let (i, prov_name, mr_mode, inject, max_msg, cq_data) = unsafe {
             let i = info.0;
             let name = CStr::from_ptr((*(*i).fabric_attr).prov_name)
                 .to_string_lossy()
@@ -570,6 +590,7 @@ impl Ofi {
                 (*(*i).domain_attr).mr_mode as u32,
                 (*(*i).tx_attr).inject_size,
                 (*(*i).ep_attr).max_msg_size,
+                (*(*i).domain_attr).cq_data_size,
             )
         };
         let mut ep = Endpoint {
@@ -592,7 +613,7 @@ impl Ofi {
             )?;
             let mut cq_attr = fi::fi_cq_attr {
                 size: 4 * (RX_SLOTS + TX_SLOTS),
-                format: fi::fi_cq_format_FI_CQ_FORMAT_MSG,
+                format: fi::fi_cq_format_FI_CQ_FORMAT_DATA,
                 wait_obj: fi::fi_wait_obj_FI_WAIT_NONE,
                 ..Default::default()
             };
@@ -641,9 +662,22 @@ impl Ofi {
         // where it is rather than copying it into a bounce buffer first. Only there: the
         // reader is the peer, so a send failed with its peer leaves nothing of ours reading the
         // buffer after it returns to the user.
-        let lent_min = if prov_name == "shm" {
+        // There too, a payload the inject size holds only without the head goes as a split
+        // frame (`OXMPI_OFI_SPLIT=0` turns that off), and frames go in place from beyond it.
+        let shm = prov_name == "shm";
+        let split_max =
+            if shm && cq_data >= 8 && std::env::var("OXMPI_OFI_SPLIT").map_or(true, |v| v != "0") {
+                inject.min(INJECT_CAP)
+            } else {
+                0
+            };
+        let lent_min = if shm {
             crate::shm::env_usize("OXMPI_OFI_LENT_MIN")
-                .unwrap_or((inject + 1).saturating_sub(PREFIX + HEADER_LEN))
+                .unwrap_or(if split_max > 0 {
+                    split_max + 1
+                } else {
+                    (inject + 1).saturating_sub(PREFIX + HEADER_LEN)
+                })
                 .max(1)
         } else {
             usize::MAX
@@ -681,6 +715,12 @@ impl Ofi {
             lent_sends: 0,
             repost: Vec::new(),
             arrived: VecDeque::new(),
+            split_max,
+            split_sends: 0,
+            split_pending: None,
+            split_pending_buf: Box::new([0; INJECT_CAP]),
+            deferred: Vec::new(),
+            split_heads: vec![None; size as usize],
             read_done: None,
             job_tag: config.job_tag,
             foreign: 0,
@@ -795,8 +835,8 @@ impl Ofi {
     fn reap(&mut self) -> Result<usize, FabricError> {
         let mut total = 0;
         loop {
-            let mut entries = [fi::fi_cq_msg_entry::default(); CQ_BATCH];
-            // SAFETY: an open CQ of FI_CQ_FORMAT_MSG entries; room for CQ_BATCH of them.
+            let mut entries = [fi::fi_cq_data_entry::default(); CQ_BATCH];
+            // SAFETY: an open CQ of FI_CQ_FORMAT_DATA entries; room for CQ_BATCH of them.
             let ret =
                 unsafe { fi::oxmpi_fi_cq_read(self.ep.cq, entries.as_mut_ptr().cast(), CQ_BATCH) };
             if ret == -(fi::FI_EAGAIN as isize) {
@@ -813,7 +853,10 @@ impl Ofi {
             let n = ret as usize;
             for e in &entries[..n] {
                 match self.op_of(e.op_context) {
-                    Some(Op::Recv(slot)) => self.arrived.push_back((slot, e.len)),
+                    Some(Op::Recv(slot)) => {
+                        let data = (e.flags & fi::FI_REMOTE_CQ_DATA as u64 != 0).then_some(e.data);
+                        self.arrived.push_back((slot, e.len, data));
+                    }
                     Some(Op::Send(slot)) => {
                         if let Some(token) = self.tx_token[slot].take() {
                             self.lent_done.push((self.tx_peer[slot], token));
@@ -880,8 +923,25 @@ impl Ofi {
         }
     }
 
-    /// Hands one received frame to `on` and posts its buffer again.
+    /// Hands one received message to `on` (a frame, or a split frame once its payload is
+    /// here) and posts its buffer again. `data` is the message's remote CQ data: only the
+    /// payload of a split frame carries it.
     fn deliver(
+        &mut self,
+        slot: usize,
+        len: usize,
+        data: Option<u64>,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), FabricError> {
+        let result = match data {
+            Some(data) => self.deliver_split_payload(slot, len, data, on),
+            None => self.deliver_frame(slot, len, on),
+        };
+        self.post_recv(slot)?;
+        result
+    }
+
+    fn deliver_frame(
         &mut self,
         slot: usize,
         len: usize,
@@ -893,41 +953,79 @@ impl Ofi {
                 .get(i..i + 4)
                 .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         };
-        let result = match (word(0), word(4)) {
-            (Some(tag), Some(src))
-                if tag == self.job_tag && src < self.size && len >= PREFIX + HEADER_LEN =>
-            {
-                let header: &Header = bytes[PREFIX..PREFIX + HEADER_LEN]
-                    .try_into()
-                    .expect("header length");
-                on(Event::Frame {
-                    peer: src,
-                    header,
-                    payload: &bytes[PREFIX + HEADER_LEN..],
-                });
-                Ok(())
-            }
-            (Some(tag), Some(src)) if tag == self.job_tag && src < self.size => {
-                Err(FabricError::BadFrame {
-                    peer: src,
-                    why: format!("{len}-byte message is shorter than a frame"),
-                })
-            }
+        let word = match (word(0), word(4)) {
+            (Some(tag), Some(w)) if tag == self.job_tag && (w & !SPLIT_HEAD) < self.size => w,
             _ => {
-                // Not from this job (no tag: a sender without the job's secret) or not a frame.
-                self.foreign += 1;
-                if self.foreign.is_power_of_two() {
-                    eprintln!(
-                        "oxmpi: ofi: rank {}: dropped a {len}-byte message without this job's \
-                         tag ({} so far)",
-                        self.rank, self.foreign
-                    );
-                }
-                Ok(())
+                self.foreign_message(len);
+                return Ok(());
             }
         };
-        self.post_recv(slot)?;
-        result
+        let src = word & !SPLIT_HEAD;
+        let bad = |why: String| Err(FabricError::BadFrame { peer: src, why });
+        if len < PREFIX + HEADER_LEN {
+            return bad(format!("{len}-byte message is shorter than a frame"));
+        }
+        let header: &Header = bytes[PREFIX..PREFIX + HEADER_LEN]
+            .try_into()
+            .expect("header length");
+        let waiting = &mut self.split_heads[src as usize];
+        if waiting.is_some() {
+            *waiting = None;
+            return bad("a frame arrived between a split frame's head and its payload".into());
+        }
+        if word & SPLIT_HEAD != 0 {
+            if len != PREFIX + HEADER_LEN {
+                return bad(format!("a split frame's head of {len} bytes"));
+            }
+            *waiting = Some(*header);
+            return Ok(());
+        }
+        on(Event::Frame {
+            peer: src,
+            header,
+            payload: &bytes[PREFIX + HEADER_LEN..],
+        });
+        Ok(())
+    }
+
+    /// The payload of a split frame: `data` is the sender's frame prefix (job tag, rank).
+    fn deliver_split_payload(
+        &mut self,
+        slot: usize,
+        len: usize,
+        data: u64,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), FabricError> {
+        let (tag, src) = (data as u32, (data >> 32) as u32);
+        if tag != self.job_tag || src >= self.size {
+            self.foreign_message(len);
+            return Ok(());
+        }
+        let Some(header) = self.split_heads[src as usize].take() else {
+            return Err(FabricError::BadFrame {
+                peer: src,
+                why: "a split frame's payload arrived without its head".into(),
+            });
+        };
+        on(Event::Frame {
+            peer: src,
+            header: &header,
+            payload: self.rx.bytes(slot, len),
+        });
+        Ok(())
+    }
+
+    /// Counts (and now and then logs) a message not from this job: without its tag (a
+    /// sender without the job's secret) or not a frame.
+    fn foreign_message(&mut self, len: usize) {
+        self.foreign += 1;
+        if self.foreign.is_power_of_two() {
+            eprintln!(
+                "oxmpi: ofi: rank {}: dropped a {len}-byte message without this job's tag \
+                 ({} so far)",
+                self.rank, self.foreign
+            );
+        }
     }
 
     /// A free send slot, reading completions first if none is free.
@@ -982,6 +1080,116 @@ impl Ofi {
         }
     }
 
+    /// Sends a frame whose payload fits the inject size only without the head: the head
+    /// (rank word marked with [`SPLIT_HEAD`]) as one inject, then the payload with the prefix
+    /// as remote CQ data. A payload the provider pushes back once the head is out waits in
+    /// `split_pending_buf`, posted before anything else.
+    fn send_split(
+        &mut self,
+        peer: Rank,
+        dest: fi::fi_addr_t,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<Sent, FabricError> {
+        let eagain = -(fi::FI_EAGAIN as isize);
+        let mut head = [0u8; PREFIX + HEADER_LEN];
+        head[..4].copy_from_slice(&self.job_tag.to_le_bytes());
+        head[4..PREFIX].copy_from_slice(&(self.rank | SPLIT_HEAD).to_le_bytes());
+        head[PREFIX..].copy_from_slice(header);
+        // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+        let ret =
+            unsafe { fi::oxmpi_fi_inject(self.ep.ep, head.as_ptr().cast(), head.len(), dest) };
+        match ret {
+            0 => {}
+            r if r == eagain => {
+                self.reap()?;
+                return Ok(Sent::WouldBlock);
+            }
+            r => {
+                return Err(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, "fi_inject"),
+                })
+            }
+        }
+        self.split_sends += 1;
+        let data = self.split_data();
+        // SAFETY: as above; the payload fits the inject size (`split_max`).
+        let ret = unsafe {
+            fi::oxmpi_fi_injectdata(
+                self.ep.ep,
+                payload.as_ptr().cast(),
+                payload.len(),
+                data,
+                dest,
+            )
+        };
+        match ret {
+            0 => Ok(Sent::Done),
+            r if r == eagain => {
+                self.split_pending_buf[..payload.len()].copy_from_slice(payload);
+                self.split_pending = Some((peer, payload.len()));
+                Ok(Sent::Done)
+            }
+            r => Err(FabricError::PeerLost {
+                peer,
+                why: fi_error(r as i64, "fi_injectdata"),
+            }),
+        }
+    }
+
+    /// Posts the pushed-back payload of a split frame, if any. `false` while the provider
+    /// still pushes back (no other send may go before it); a failure is kept for `poll`.
+    fn flush_split_payload(&mut self) -> bool {
+        let Some((peer, len)) = self.split_pending else {
+            return true;
+        };
+        let dest = match self.peer_addr(peer) {
+            Ok(dest) => dest,
+            Err(e) => {
+                self.split_pending = None;
+                self.deferred.push(e);
+                return true;
+            }
+        };
+        let data = self.split_data();
+        // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+        let ret = unsafe {
+            fi::oxmpi_fi_injectdata(
+                self.ep.ep,
+                self.split_pending_buf.as_ptr().cast(),
+                len,
+                data,
+                dest,
+            )
+        };
+        match ret {
+            0 => {
+                self.split_pending = None;
+                true
+            }
+            r if r == -(fi::FI_EAGAIN as isize) => {
+                if let Err(e) = self.reap() {
+                    self.deferred.push(e);
+                }
+                false
+            }
+            r => {
+                self.split_pending = None;
+                self.deferred.push(FabricError::PeerLost {
+                    peer,
+                    why: fi_error(r as i64, "fi_injectdata"),
+                });
+                true
+            }
+        }
+    }
+
+    /// The remote CQ data of a split frame's payload: the frame prefix as one word.
+    fn split_data(&self) -> u64 {
+        u64::from(self.job_tag) | u64::from(self.rank) << 32
+    }
+
     fn frame_prefix(&self) -> [u8; PREFIX] {
         let mut p = [0u8; PREFIX];
         p[..4].copy_from_slice(&self.job_tag.to_le_bytes());
@@ -1015,6 +1223,9 @@ impl Fabric for Ofi {
     }
 
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
+        if !self.flush_split_payload() {
+            return Ok(Sent::WouldBlock);
+        }
         let dest = self.peer_addr(peer)?;
         let total = PREFIX + HEADER_LEN + payload.len();
         if total <= self.inject_max {
@@ -1037,6 +1248,9 @@ impl Fabric for Ofi {
                     why: fi_error(r as i64, "fi_inject"),
                 }),
             };
+        }
+        if payload.len() <= self.split_max {
+            return self.send_split(peer, dest, header, payload);
         }
         let Some(slot) = self.take_slot()? else {
             return Ok(Sent::WouldBlock);
@@ -1072,6 +1286,9 @@ impl Fabric for Ofi {
         let bytes = payload.bytes();
         if bytes.len() < self.caps.lent_min {
             return self.send(peer, header, bytes);
+        }
+        if !self.flush_split_payload() {
+            return Ok(Sent::WouldBlock);
         }
         let dest = self.peer_addr(peer)?;
         let Some(slot) = self.take_slot()? else {
@@ -1149,10 +1366,14 @@ impl Fabric for Ofi {
         for slot in std::mem::take(&mut self.repost) {
             self.post_recv(slot)?;
         }
+        self.flush_split_payload();
+        if let Some(e) = self.deferred.pop() {
+            return Err(e);
+        }
         self.reap()?;
         let mut n = 0;
-        while let Some((slot, len)) = self.arrived.pop_front() {
-            self.deliver(slot, len, on)?;
+        while let Some((slot, len, data)) = self.arrived.pop_front() {
+            self.deliver(slot, len, data, on)?;
             n += 1;
         }
         for (peer, token) in self.lent_done.drain(..) {
@@ -1183,7 +1404,7 @@ impl Fabric for Ofi {
         }
         loop {
             match self.reap() {
-                Ok(0) => {}
+                Ok(0) if self.split_pending.is_none() || !self.flush_split_payload() => {}
                 _ => {
                     self.idle_since = Instant::now();
                     return;
@@ -1242,6 +1463,7 @@ impl Fabric for Ofi {
         let mut c = crate::cache_counters("ofi", &self.cache.stats());
         c.push(("ofi.foreign_frames".into(), self.foreign));
         c.push(("ofi.lent_sends".into(), self.lent_sends));
+        c.push(("ofi.split_sends".into(), self.split_sends));
         c
     }
 }
@@ -1463,5 +1685,172 @@ mod tests {
         assert_eq!(frames[1].1, 2);
         assert!(frames[1].2 == big, "lent payload arrived changed");
         assert!(a.counters().contains(&("ofi.lent_sends".to_string(), 1)));
+    }
+
+    /// Frames as (peer, first header byte, payload), and the errors polls reported.
+    type Received = (Vec<(Rank, u8, Vec<u8>)>, Vec<FabricError>);
+
+    /// Polls `b` until it has `n` frames (or 10 s), driving `a` too; returns the frames as
+    /// (peer, first header byte, payload) and the errors `b`'s polls reported.
+    fn frames_of(a: &mut Ofi, b: &mut Ofi, n: usize) -> Received {
+        let (mut frames, mut errors) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while frames.len() < n && Instant::now() < deadline {
+            if let Err(e) = a.poll(&mut |_| {}) {
+                panic!("sender's poll failed: {e}");
+            }
+            if let Err(e) = b.poll(&mut |e| {
+                if let Event::Frame {
+                    peer,
+                    header,
+                    payload,
+                } = e
+                {
+                    frames.push((peer, header[0], payload.to_vec()));
+                }
+            }) {
+                errors.push(e);
+            }
+        }
+        (frames, errors)
+    }
+
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+    }
+
+    /// Over the shm provider a payload that fits its inject size only without the frame's
+    /// head goes as a split frame (head, then payload with the prefix as CQ data) and
+    /// arrives as one frame, in order with the others; smaller and larger ones do not split.
+    #[test]
+    fn shm_splits_frames_that_fit_the_inject_size_only_without_the_head() {
+        let (mut a, mut b) = pair_over("shm", [5, 5]);
+        let split_max = a.split_max;
+        assert!(split_max > PREFIX + HEADER_LEN, "split_max {split_max}");
+        assert_eq!(a.caps(1).lent_min, split_max + 1);
+        let whole = split_max - PREFIX - HEADER_LEN;
+        let sizes = [whole, whole + 1, split_max, 10, split_max, 0, whole + 1];
+        // The first send waits while the provider maps the peer: let `b` read meanwhile.
+        send(&mut a, &mut b, b"first");
+        let (first, _) = frames_of(&mut a, &mut b, 1);
+        assert_eq!(first.len(), 1);
+        for (i, &len) in sizes.iter().enumerate() {
+            assert_eq!(
+                a.send(1, &[i as u8; HEADER_LEN], &pattern(len, i)).unwrap(),
+                Sent::Done
+            );
+        }
+        let (frames, errors) = frames_of(&mut a, &mut b, sizes.len());
+        assert!(errors.is_empty(), "{errors:?}");
+        let want: Vec<_> = (0..sizes.len())
+            .map(|i| (0, i as u8, pattern(sizes[i], i)))
+            .collect();
+        assert!(frames == want, "frames arrived changed or out of order");
+        assert!(a.counters().contains(&("ofi.split_sends".to_string(), 4)));
+    }
+
+    /// Many split frames in a row, the receiver not reading: whatever the provider pushes
+    /// back (a head: nothing sent; a payload: kept and posted before anything else) every
+    /// frame arrives once, intact and in order.
+    #[test]
+    fn shm_split_frames_survive_a_full_receiver() {
+        let (mut a, mut b) = pair_over("shm", [5, 5]);
+        let len = a.split_max;
+        let n = 3000usize;
+        let (mut frames, mut kept) = (Vec::new(), 0);
+        let take = |b: &mut Ofi, frames: &mut Vec<(u8, Vec<u8>)>| {
+            b.poll(&mut |e| {
+                if let Event::Frame {
+                    header, payload, ..
+                } = e
+                {
+                    frames.push((header[0], payload.to_vec()));
+                }
+            })
+            .unwrap();
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Every third frame is a whole one (one message), so the provider's queue can fill
+        // between a head and its payload.
+        let len_of = |i: usize| if i.is_multiple_of(3) { 10 } else { len };
+        for i in 0..n {
+            let mut blocked = 0;
+            while a
+                .send(1, &[i as u8; HEADER_LEN], &pattern(len_of(i), i))
+                .unwrap()
+                == Sent::WouldBlock
+            {
+                assert!(Instant::now() < deadline, "send stayed blocked");
+                blocked += 1;
+                if blocked > 100 {
+                    take(&mut b, &mut frames);
+                }
+            }
+            kept += usize::from(a.split_pending.is_some());
+        }
+        while frames.len() < n && Instant::now() < deadline {
+            a.poll(&mut |_| {}).unwrap();
+            take(&mut b, &mut frames);
+        }
+        assert_eq!(frames.len(), n);
+        for (i, (h, p)) in frames.iter().enumerate() {
+            assert_eq!(*h, i as u8, "frame {i} out of order");
+            assert!(*p == pattern(len_of(i), i), "frame {i} arrived changed");
+        }
+        assert!(
+            kept > 0,
+            "no payload was pushed back: the test did not reach that path"
+        );
+    }
+
+    /// A split frame's payload without its head, or a head followed by another frame, is a
+    /// bad frame from that sender; a payload whose CQ data lacks the job's tag is foreign.
+    /// Neither disturbs the frames after it.
+    #[test]
+    fn shm_split_frames_out_of_protocol_are_reported() {
+        let (mut a, mut b) = pair_over("shm", [5, 5]);
+        send(&mut a, &mut b, b"first");
+        assert_eq!(frames_of(&mut a, &mut b, 1).0.len(), 1);
+        let dest = a.addrs[1];
+        let inject_data = |a: &mut Ofi, data: u64| {
+            let body = [9u8; 64];
+            // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+            let ret = unsafe {
+                fi::oxmpi_fi_injectdata(a.ep.ep, body.as_ptr().cast(), body.len(), data, dest)
+            };
+            assert_eq!(ret, 0);
+        };
+        // A payload without a head.
+        let data = a.split_data();
+        inject_data(&mut a, data);
+        send(&mut a, &mut b, b"after a lone payload");
+        let (frames, errors) = frames_of(&mut a, &mut b, 1);
+        assert!(
+            matches!(&errors[..], [FabricError::BadFrame { peer: 0, why }] if why.contains("without its head")),
+            "{errors:?}"
+        );
+        assert_eq!(frames, [(0, 0, b"after a lone payload".to_vec())]);
+        // A head, then a whole frame instead of its payload.
+        let mut head = [0u8; PREFIX + HEADER_LEN];
+        head[..4].copy_from_slice(&5u32.to_le_bytes());
+        head[4..8].copy_from_slice(&SPLIT_HEAD.to_le_bytes());
+        // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+        let ret = unsafe { fi::oxmpi_fi_inject(a.ep.ep, head.as_ptr().cast(), head.len(), dest) };
+        assert_eq!(ret, 0);
+        send(&mut a, &mut b, b"not a payload");
+        send(&mut a, &mut b, b"next");
+        let (frames, errors) = frames_of(&mut a, &mut b, 1);
+        assert!(
+            matches!(&errors[..], [FabricError::BadFrame { peer: 0, why }] if why.contains("between")),
+            "{errors:?}"
+        );
+        assert_eq!(frames, [(0, 0, b"next".to_vec())]);
+        // A payload claiming another job.
+        inject_data(&mut a, 6); // job tag 6, rank 0
+        send(&mut a, &mut b, b"still here");
+        let (frames, errors) = frames_of(&mut a, &mut b, 1);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(frames, [(0, 0, b"still here".to_vec())]);
+        assert_eq!(b.foreign, 1);
     }
 }

@@ -29,6 +29,9 @@ ssize_t oxmpi_fi_sendv(struct fid_ep *ep, const struct iovec *iov, void **desc, 
 { return fi_sendv(ep, iov, desc, count, dest, context); }
 ssize_t oxmpi_fi_inject(struct fid_ep *ep, const void *buf, size_t len, fi_addr_t dest)
 { return fi_inject(ep, buf, len, dest); }
+ssize_t oxmpi_fi_injectdata(struct fid_ep *ep, const void *buf, size_t len, uint64_t data,
+                            fi_addr_t dest)
+{ return fi_injectdata(ep, buf, len, data, dest); }
 ssize_t oxmpi_fi_recv(struct fid_ep *ep, void *buf, size_t len, void *desc, fi_addr_t src,
                       void *context)
 { return fi_recv(ep, buf, len, desc, src, context); }

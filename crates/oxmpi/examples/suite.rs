@@ -3,7 +3,8 @@
 //! `oxrun` exits 0.
 //!
 //! Usage: `oxrun -n N suite SCENARIO...` with scenarios `flood`, `wildcard`, `zero_self`,
-//! `truncate`, `invalid`, `big`, `secret`, `exit3`, or `all` (every checking scenario).
+//! `sizes`, `truncate`, `invalid`, `big`, `secret`, `exit3`, or `all` (every checking
+//! scenario).
 
 use oxmpi::{Communicator, Error, ANY_SOURCE, ANY_TAG};
 
@@ -88,6 +89,49 @@ fn wildcard(w: &Communicator) -> Result<(), Error> {
         }
         assert!(w.iprobe(ANY_SOURCE, ANY_TAG)?.is_none());
     }
+    w.barrier()
+}
+
+/// Message lengths in bytes around the fabrics' limits: frame heads, inject sizes (the ofi
+/// backend's 1 KiB cap, the shm provider's 4 KiB and the split frames just within it), the
+/// eager limits (16 and 64 KiB), frame payloads and rendezvous.
+const SIZES: &[usize] = &[
+    0, 1, 55, 56, 57, 1023, 1024, 1025, 1080, 4039, 4040, 4041, 4095, 4096, 4097, 8191, 8192,
+    16383, 16384, 16385, 32768, 65535, 65536, 65537, 200_000,
+];
+
+fn sized(src: u32, k: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 31 + k * 7 + src as usize * 13) as u8)
+        .collect()
+}
+
+/// Every rank sends every length in [`SIZES`] to every other rank, all in flight at once,
+/// and receives theirs in order, checking each byte.
+fn sizes(w: &Communicator) -> Result<(), Error> {
+    let (me, n) = (w.rank(), w.size());
+    let out: Vec<Vec<u8>> = (0..SIZES.len()).map(|k| sized(me, k, SIZES[k])).collect();
+    let mut inbox = vec![0u8; *SIZES.iter().max().expect("sizes")];
+    w.scope(|s| -> Result<(), Error> {
+        let mut reqs = Vec::new();
+        for p in (0..n).filter(|&p| p != me) {
+            for (k, m) in out.iter().enumerate() {
+                reqs.push(s.isend(m, p, 20 + (k % 3) as i32)?);
+            }
+        }
+        for p in (0..n).filter(|&p| p != me) {
+            for (k, &len) in SIZES.iter().enumerate() {
+                let st = w.recv_into(&mut inbox, p, 20 + (k % 3) as i32)?;
+                assert_eq!(st.bytes, len as u64, "length of message {k} from {p}");
+                assert!(
+                    inbox[..len] == sized(p, k, len)[..],
+                    "content of the {len}-byte message from {p}"
+                );
+            }
+        }
+        oxmpi::wait_all(&mut reqs)?;
+        Ok(())
+    })?;
     w.barrier()
 }
 
@@ -261,6 +305,7 @@ fn main() -> Result<(), Error> {
             "flood" => flood(&w)?,
             "wildcard" => wildcard(&w)?,
             "zero_self" => zero_self(&w)?,
+            "sizes" => sizes(&w)?,
             "truncate" => truncate(&w)?,
             "invalid" => invalid(&w)?,
             "big" => big(&w, mib)?,
@@ -282,6 +327,7 @@ fn main() -> Result<(), Error> {
                 flood(&w)?;
                 wildcard(&w)?;
                 zero_self(&w)?;
+                sizes(&w)?;
                 truncate(&w)?;
                 invalid(&w)?;
                 big(&w, mib)?;

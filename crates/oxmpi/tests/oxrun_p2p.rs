@@ -68,6 +68,7 @@ fn all_scenarios_env(env: &[(&str, &str)]) {
             "flood",
             "wildcard",
             "zero_self",
+            "sizes",
             "truncate",
             "invalid",
             "big",
@@ -126,18 +127,45 @@ fn ofi_registration_cache_counters_show_reuse() {
         ],
     );
     check(&out, "osu_bw over ofi");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let counter = |name: &str| -> u64 {
-        stderr
-            .lines()
-            .filter(|l| l.starts_with("oxmpi[0]: counters:"))
-            .flat_map(|l| l.split_whitespace())
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stderr}"))
-    };
-    let (hits, misses) = (counter("ofi.regcache.hits"), counter("ofi.regcache.misses"));
+    let (hits, misses) = (
+        rank0_counter(&out, "ofi.regcache.hits"),
+        rank0_counter(&out, "ofi.regcache.misses"),
+    );
     assert!(misses >= 1 && hits > misses, "hits {hits}, misses {misses}");
+}
+
+/// Rank 0's counter `name` from the `OXMPI_COUNTERS=1` report on stderr.
+#[cfg(feature = "ofi")]
+fn rank0_counter(out: &Output, name: &str) -> u64 {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("oxmpi[0]: counters:"))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {stderr}"))
+}
+
+/// Over the shm provider the lengths around its 4 KiB inject size take the split-frame and
+/// in-place paths (counted), and every byte arrives.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_shm_provider_splits_and_lends_frames_around_its_inject_size() {
+    let out = run_with(
+        2,
+        "examples/suite",
+        &["sizes"],
+        &[
+            ("OXMPI_FABRIC", "ofi"),
+            ("OXMPI_OFI_PROVIDER", "shm"),
+            ("OXMPI_COUNTERS", "1"),
+        ],
+    );
+    check(&out, "suite sizes over the shm provider");
+    // 4041, 4095 and 4096 bytes split; 4097 up to the 16 KiB eager limit lent.
+    assert_eq!(rank0_counter(&out, "ofi.split_sends"), 3);
+    assert_eq!(rank0_counter(&out, "ofi.lent_sends"), 5);
 }
 
 /// `auto` between pseudo-hosts (`OXMPI_NODE_SIZE`): shared memory within, and here, where
