@@ -520,7 +520,8 @@ pub struct Ofi {
     /// and length (the bytes are in `split_pending_buf`). Posted before any other send.
     split_pending: Option<(Rank, usize)>,
     split_pending_buf: Box<[u8; INJECT_CAP]>,
-    /// Failures found outside `poll` and `send` (posting `split_pending`), reported by `poll`.
+    /// Failures found where they cannot be returned (`wait`, posting `split_pending`),
+    /// reported by the next `poll`.
     deferred: Vec<FabricError>,
     /// Per sender: the head of a split frame whose payload has not arrived yet.
     split_heads: Vec<Option<Header>>,
@@ -871,6 +872,18 @@ impl Ofi {
             self.completions += n as u64;
             if n < CQ_BATCH {
                 return Ok(total);
+            }
+        }
+    }
+
+    /// [`reap`](Self::reap) where nothing can return an error (`wait`): a failure (a send's
+    /// error completion fails its peer) is kept for the next `poll` and counts as progress.
+    fn reap_deferring(&mut self) -> usize {
+        match self.reap() {
+            Ok(n) => n,
+            Err(e) => {
+                self.deferred.push(e);
+                1
             }
         }
     }
@@ -1397,18 +1410,17 @@ impl Fabric for Ofi {
         }
         if start.duration_since(self.idle_since) > IDLE_SLEEP_AFTER {
             std::thread::sleep(timeout.min(Duration::from_micros(200)));
-            if matches!(self.reap(), Ok(n) if n > 0) {
+            if self.reap_deferring() > 0 {
                 self.idle_since = Instant::now();
             }
             return;
         }
         loop {
-            match self.reap() {
-                Ok(0) if self.split_pending.is_none() || !self.flush_split_payload() => {}
-                _ => {
-                    self.idle_since = Instant::now();
-                    return;
-                }
+            let progressed = self.reap_deferring() > 0
+                || (self.split_pending.is_some() && self.flush_split_payload());
+            if progressed {
+                self.idle_since = Instant::now();
+                return;
             }
             if start.elapsed() >= timeout {
                 return;
