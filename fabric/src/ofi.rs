@@ -9,10 +9,11 @@
 //!   matches, the error names what the provider lacks. `OXMPI_OFI_PROVIDER` picks the provider
 //!   (`tcp;ofi_rxm`, `shm`, `verbs;ofi_rxm`, ...), `OXMPI_OFI_DOMAIN` the domain (for the tcp
 //!   provider, the interface); a job on one host prefers the loopback domain `lo`.
-//! - **Frames.** Every frame is one message: an 8-byte prefix (magic, sender rank), the
-//!   48-byte header and the payload. Sends up to the provider's inject size go out with
-//!   `fi_inject` from a scratch buffer; larger ones are copied into one of [`TX_SLOTS`]
-//!   pre-registered bounce buffers, released when their completion is read. Over the `shm`
+//! - **Frames.** Every frame is one message (a split frame, below, two): an 8-byte prefix (the
+//!   job's tag, sender rank), the 48-byte header and the payload. Sends up to the provider's
+//!   inject size go out with `fi_inject` from a scratch buffer; larger ones are copied into
+//!   one of [`TX_SLOTS`] pre-registered bounce buffers, released when their completion is
+//!   read. Over the `shm`
 //!   provider, eager frames beyond its inject size go out in place instead
 //!   ([`Fabric::send_lent`]): `fi_sendv` of the prefix and header from a bounce buffer and the
 //!   payload from the caller's memory, which the receiving process then reads with
@@ -516,13 +517,14 @@ pub struct Ofi {
     split_max: usize,
     /// Split frames sent (`ofi.split_sends`).
     split_sends: u64,
-    /// A split frame's payload the provider pushed back after its head went out: its peer
-    /// and length (the bytes are in `split_pending_buf`). Posted before any other send.
-    split_pending: Option<(Rank, usize)>,
-    split_pending_buf: Box<[u8; INJECT_CAP]>,
-    /// Failures found where they cannot be returned (`wait`, posting `split_pending`),
-    /// reported by the next `poll`.
-    deferred: Vec<FabricError>,
+    /// Split frames' payloads the provider pushed back after their heads went out, with
+    /// their peers (at most one per peer): each is posted before anything else to its peer,
+    /// and sends to that peer wait until it is.
+    split_pending: Vec<(Rank, Vec<u8>)>,
+    /// Failures found where they cannot be returned (`wait`, a send's reading of completions
+    /// that belong to another peer, posting `split_pending`), reported by the next `poll`s in
+    /// the order found.
+    deferred: VecDeque<FabricError>,
     /// Per sender: the head of a split frame whose payload has not arrived yet.
     split_heads: Vec<Option<Header>>,
     /// Outcome of the read in flight.
@@ -718,9 +720,8 @@ impl Ofi {
             arrived: VecDeque::new(),
             split_max,
             split_sends: 0,
-            split_pending: None,
-            split_pending_buf: Box::new([0; INJECT_CAP]),
-            deferred: Vec::new(),
+            split_pending: Vec::new(),
+            deferred: VecDeque::new(),
             split_heads: vec![None; size as usize],
             read_done: None,
             job_tag: config.job_tag,
@@ -882,7 +883,7 @@ impl Ofi {
         match self.reap() {
             Ok(n) => n,
             Err(e) => {
-                self.deferred.push(e);
+                self.deferred.push_back(e);
                 1
             }
         }
@@ -976,6 +977,7 @@ impl Ofi {
         let src = word & !SPLIT_HEAD;
         let bad = |why: String| Err(FabricError::BadFrame { peer: src, why });
         if len < PREFIX + HEADER_LEN {
+            self.split_heads[src as usize] = None;
             return bad(format!("{len}-byte message is shorter than a frame"));
         }
         let header: &Header = bytes[PREFIX..PREFIX + HEADER_LEN]
@@ -1044,7 +1046,7 @@ impl Ofi {
     /// A free send slot, reading completions first if none is free.
     fn take_slot(&mut self) -> Result<Option<usize>, FabricError> {
         if self.tx_free.is_empty() {
-            self.reap()?;
+            self.reap_deferring();
         }
         Ok(self.tx_free.pop())
     }
@@ -1080,7 +1082,7 @@ impl Ofi {
             }
             r if r == -(fi::FI_EAGAIN as isize) => {
                 self.tx_free.push(slot);
-                self.reap()?;
+                self.reap_deferring();
                 Ok(false)
             }
             r => {
@@ -1115,7 +1117,7 @@ impl Ofi {
         match ret {
             0 => {}
             r if r == eagain => {
-                self.reap()?;
+                self.reap_deferring();
                 return Ok(Sent::WouldBlock);
             }
             r => {
@@ -1140,8 +1142,8 @@ impl Ofi {
         match ret {
             0 => Ok(Sent::Done),
             r if r == eagain => {
-                self.split_pending_buf[..payload.len()].copy_from_slice(payload);
-                self.split_pending = Some((peer, payload.len()));
+                // Rare (the peer's queue filled between the two injects): keep a copy.
+                self.split_pending.push((peer, payload.to_vec()));
                 Ok(Sent::Done)
             }
             r => Err(FabricError::PeerLost {
@@ -1151,51 +1153,61 @@ impl Ofi {
         }
     }
 
-    /// Posts the pushed-back payload of a split frame, if any. `false` while the provider
-    /// still pushes back (no other send may go before it); a failure is kept for `poll`.
-    fn flush_split_payload(&mut self) -> bool {
-        let Some((peer, len)) = self.split_pending else {
-            return true;
-        };
-        let dest = match self.peer_addr(peer) {
-            Ok(dest) => dest,
-            Err(e) => {
-                self.split_pending = None;
-                self.deferred.push(e);
-                return true;
-            }
-        };
+    /// Posts the split payloads the provider pushed back, as far as it takes them now;
+    /// returns how many went out (or failed, which fails their peer at the next `poll`).
+    fn flush_split_payloads(&mut self) -> usize {
+        let (mut done, mut pushed_back, mut i) = (0, false, 0);
         let data = self.split_data();
-        // SAFETY: an enabled endpoint; inject copies the bytes before returning.
-        let ret = unsafe {
-            fi::oxmpi_fi_injectdata(
-                self.ep.ep,
-                self.split_pending_buf.as_ptr().cast(),
-                len,
-                data,
-                dest,
-            )
-        };
-        match ret {
-            0 => {
-                self.split_pending = None;
-                true
-            }
-            r if r == -(fi::FI_EAGAIN as isize) => {
-                if let Err(e) = self.reap() {
-                    self.deferred.push(e);
+        while i < self.split_pending.len() {
+            let peer = self.split_pending[i].0;
+            let outcome = self.peer_addr(peer).and_then(|dest| {
+                let bytes = &self.split_pending[i].1;
+                // SAFETY: an enabled endpoint; inject copies the bytes before returning.
+                let ret = unsafe {
+                    fi::oxmpi_fi_injectdata(
+                        self.ep.ep,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        data,
+                        dest,
+                    )
+                };
+                match ret {
+                    0 => Ok(true),
+                    r if r == -(fi::FI_EAGAIN as isize) => Ok(false),
+                    r => Err(FabricError::PeerLost {
+                        peer,
+                        why: fi_error(r as i64, "fi_injectdata"),
+                    }),
                 }
-                false
+            });
+            match outcome {
+                Ok(false) => {
+                    pushed_back = true;
+                    i += 1;
+                    continue;
+                }
+                Ok(true) => {}
+                Err(e) => self.deferred.push_back(e),
             }
-            r => {
-                self.split_pending = None;
-                self.deferred.push(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, "fi_injectdata"),
-                });
-                true
-            }
+            // One entry per peer: the order among entries does not matter.
+            self.split_pending.swap_remove(i);
+            done += 1;
         }
+        if pushed_back {
+            self.reap_deferring();
+        }
+        done
+    }
+
+    /// Posts pushed-back split payloads; `false` if one to `peer` is still waiting (nothing
+    /// else may go to `peer` before it).
+    fn split_payloads_flushed_to(&mut self, peer: Rank) -> bool {
+        if self.split_pending.is_empty() {
+            return true;
+        }
+        self.flush_split_payloads();
+        !self.split_pending.iter().any(|(p, _)| *p == peer)
     }
 
     /// The remote CQ data of a split frame's payload: the frame prefix as one word.
@@ -1236,7 +1248,7 @@ impl Fabric for Ofi {
     }
 
     fn send(&mut self, peer: Rank, header: &Header, payload: &[u8]) -> Result<Sent, FabricError> {
-        if !self.flush_split_payload() {
+        if !self.split_payloads_flushed_to(peer) {
             return Ok(Sent::WouldBlock);
         }
         let dest = self.peer_addr(peer)?;
@@ -1253,7 +1265,7 @@ impl Fabric for Ofi {
             return match ret {
                 0 => Ok(Sent::Done),
                 r if r == eagain => {
-                    self.reap()?;
+                    self.reap_deferring();
                     Ok(Sent::WouldBlock)
                 }
                 r => Err(FabricError::PeerLost {
@@ -1300,7 +1312,7 @@ impl Fabric for Ofi {
         if bytes.len() < self.caps.lent_min {
             return self.send(peer, header, bytes);
         }
-        if !self.flush_split_payload() {
+        if !self.split_payloads_flushed_to(peer) {
             return Ok(Sent::WouldBlock);
         }
         let dest = self.peer_addr(peer)?;
@@ -1379,8 +1391,10 @@ impl Fabric for Ofi {
         for slot in std::mem::take(&mut self.repost) {
             self.post_recv(slot)?;
         }
-        self.flush_split_payload();
-        if let Some(e) = self.deferred.pop() {
+        if !self.split_pending.is_empty() {
+            self.flush_split_payloads();
+        }
+        if let Some(e) = self.deferred.pop_front() {
             return Err(e);
         }
         self.reap()?;
@@ -1417,7 +1431,7 @@ impl Fabric for Ofi {
         }
         loop {
             let progressed = self.reap_deferring() > 0
-                || (self.split_pending.is_some() && self.flush_split_payload());
+                || (!self.split_pending.is_empty() && self.flush_split_payloads() > 0);
             if progressed {
                 self.idle_since = Instant::now();
                 return;
@@ -1521,13 +1535,14 @@ impl Ofi {
                 if ret != -(fi::FI_EAGAIN as isize) {
                     return Err(FabricError::Rma(fi_error(ret as i64, "fi_read")));
                 }
-                self.reap()?;
+                // Other operations' failures wait for `poll`: this loop is about the read.
+                self.reap_deferring();
                 if Instant::now() > deadline {
                     return Err(FabricError::Rma("fi_read stayed busy".into()));
                 }
             }
             loop {
-                self.reap()?;
+                self.reap_deferring();
                 match self.read_done.take() {
                     Some(Ok(())) => break,
                     Some(Err(why)) => return Err(FabricError::Rma(why)),
@@ -1569,6 +1584,27 @@ mod tests {
     /// the given job tags.
     fn pair(tags: [u32; 2]) -> (Ofi, Ofi) {
         pair_over("tcp;ofi_rxm", tags)
+    }
+
+    /// The endpoints of an `n`-rank world in this process over `provider`, job tag 5.
+    fn world_over(provider: &str, n: u32) -> Vec<Ofi> {
+        let mut world: Vec<Ofi> = (0..n)
+            .map(|rank| {
+                let config = OfiConfig {
+                    provider: Some(provider.into()),
+                    domain: None,
+                    local_only: true,
+                    job_tag: 5,
+                    rma: true,
+                };
+                Ofi::open(rank, n, &config).expect("an endpoint of the provider")
+            })
+            .collect();
+        let addrs: Vec<_> = world.iter().map(|e| e.address().unwrap()).collect();
+        for e in &mut world {
+            e.connect(&addrs).unwrap();
+        }
+        world
     }
 
     /// Two endpoints of a 2-rank world in this process over `provider`.
@@ -1798,7 +1834,7 @@ mod tests {
                     take(&mut b, &mut frames);
                 }
             }
-            kept += usize::from(a.split_pending.is_some());
+            kept += usize::from(!a.split_pending.is_empty());
         }
         while frames.len() < n && Instant::now() < deadline {
             a.poll(&mut |_| {}).unwrap();
@@ -1864,5 +1900,94 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(frames, [(0, 0, b"still here".to_vec())]);
         assert_eq!(b.foreign, 1);
+    }
+
+    /// A split payload pushed back by one peer's full queue holds up sends to that peer
+    /// only: another peer's frames go out meanwhile, and once the first peer reads, all of
+    /// its frames arrive in order.
+    #[test]
+    fn shm_a_pushed_back_split_payload_holds_up_only_its_peer() {
+        let mut w = world_over("shm", 3);
+        let len = w[0].split_max;
+        let take = |e: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>| {
+            e.poll(&mut |ev| {
+                if let Event::Frame {
+                    peer,
+                    header,
+                    payload,
+                } = ev
+                {
+                    frames.push((peer, header[0], payload.to_vec()));
+                }
+            })
+            .unwrap();
+        };
+        let (mut to1, mut to2) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // First contact maps the peer's region (the provider pushes back meanwhile).
+        for peer in [1, 2] {
+            let mut got = Vec::new();
+            while w[0].send(peer, &[9; HEADER_LEN], b"hello").unwrap() == Sent::WouldBlock {
+                assert!(Instant::now() < deadline, "first send stayed blocked");
+                take(&mut w[peer as usize], &mut got);
+            }
+            while got.is_empty() && Instant::now() < deadline {
+                w[0].poll(&mut |_| {}).unwrap();
+                take(&mut w[peer as usize], &mut got);
+            }
+            assert_eq!(got, [(0, 9, b"hello".to_vec())]);
+        }
+        let mut sent = 0usize;
+        // Rank 1 reads only now and then, so its queue fills at varying points until one
+        // head goes out and its payload is pushed back.
+        while w[0].split_pending.is_empty() {
+            assert!(Instant::now() < deadline, "no payload was pushed back");
+            let n = if sent.is_multiple_of(3) { 10 } else { len };
+            match w[0]
+                .send(1, &[sent as u8; HEADER_LEN], &pattern(n, sent))
+                .unwrap()
+            {
+                Sent::Done => sent += 1,
+                _ => {
+                    let (a, rest) = w.split_at_mut(1);
+                    a[0].poll(&mut |_| {}).unwrap();
+                    take(&mut rest[0], &mut to1);
+                }
+            }
+        }
+        // Rank 1 is held up: nothing more goes to it. Rank 2 is not.
+        assert_eq!(
+            w[0].send(1, &[0; HEADER_LEN], b"must wait").unwrap(),
+            Sent::WouldBlock
+        );
+        for k in 0..3u8 {
+            assert_eq!(
+                w[0].send(2, &[k; HEADER_LEN], &pattern(100, k as usize))
+                    .unwrap(),
+                Sent::Done,
+                "a send to rank 2 waited for rank 1"
+            );
+        }
+        while to2.len() < 3 && Instant::now() < deadline {
+            w[0].poll(&mut |_| {}).unwrap();
+            take(&mut w[2], &mut to2);
+        }
+        assert_eq!(to2.len(), 3);
+        assert!(to2
+            .iter()
+            .enumerate()
+            .all(|(k, f)| *f == (0, k as u8, pattern(100, k))));
+        // Rank 1 reads: every frame sent to it arrives once, in order, intact.
+        while to1.len() < sent && Instant::now() < deadline {
+            w[0].poll(&mut |_| {}).unwrap();
+            take(&mut w[1], &mut to1);
+        }
+        assert!(w[0].split_pending.is_empty());
+        assert_eq!(to1.len(), sent);
+        for (i, (peer, h, p)) in to1.iter().enumerate() {
+            let n = if i.is_multiple_of(3) { 10 } else { len };
+            assert_eq!((*peer, *h), (0, i as u8), "frame {i}");
+            assert!(*p == pattern(n, i), "frame {i} arrived changed");
+        }
     }
 }

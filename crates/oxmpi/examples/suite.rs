@@ -93,7 +93,7 @@ fn wildcard(w: &Communicator) -> Result<(), Error> {
 }
 
 /// Message lengths in bytes around the fabrics' limits: frame heads, inject sizes (the ofi
-/// backend's 1 KiB cap, the shm provider's 4 KiB and the split frames just within it), the
+/// backend's 4 KiB cap and the shm provider's 4 KiB, with the split frames just within it), the
 /// eager limits (16 and 64 KiB), frame payloads and rendezvous.
 const SIZES: &[usize] = &[
     0, 1, 55, 56, 57, 1023, 1024, 1025, 1080, 4039, 4040, 4041, 4095, 4096, 4097, 8191, 8192,

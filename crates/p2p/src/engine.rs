@@ -954,7 +954,18 @@ impl Engine {
             fabric.release_key(peer, &key);
         }
         while let Some(rid) = self.reads.pop_front() {
+            let reader_peer = self.recv_req(rid).map(|r| r.peer);
             if let Err(e) = self.do_read(fabric, rid) {
+                // The read's request (and the peer's others) fail rather than wait forever.
+                let peer = match &e {
+                    FabricError::PeerLost { peer, .. } | FabricError::BadFrame { peer, .. } => {
+                        Some(*peer)
+                    }
+                    _ => reader_peer,
+                };
+                if let Some(peer) = peer {
+                    self.fail_peer(peer, &e.to_string());
+                }
                 first_err.get_or_insert(e);
             }
         }

@@ -28,6 +28,8 @@ struct Sim {
     caps: Caps,
     /// Percent of sends answered with back-pressure.
     block_pct: u64,
+    /// Remote reads fail with their peer (as a timed-out or broken read does).
+    fail_reads: Cell<bool>,
 }
 
 struct SimFabric<'a> {
@@ -59,6 +61,7 @@ impl Sim {
                 },
             },
             block_pct: 10,
+            fail_reads: Cell::new(false),
         }
     }
 
@@ -79,7 +82,10 @@ impl Sim {
     fn step(&self) {
         for r in 0..self.engines.len() as Rank {
             let mut f = SimFabric { sim: self, rank: r };
-            self.engine(r).progress_tx(&mut f).unwrap();
+            let sent = self.engine(r).progress_tx(&mut f);
+            if !self.fail_reads.get() {
+                sent.unwrap();
+            }
         }
         let n = self.wire.borrow().len();
         if n > 0 {
@@ -193,6 +199,12 @@ impl Fabric for SimFabric<'_> {
         offset: u64,
         dst: &mut [u8],
     ) -> Result<(), FabricError> {
+        if self.sim.fail_reads.get() {
+            return Err(FabricError::PeerLost {
+                peer,
+                why: "remote read timed out".into(),
+            });
+        }
         let owner = self.sim.engines[peer as usize].borrow();
         let src = owner
             .lent_bytes(remote.addr)
@@ -645,4 +657,27 @@ fn lent_send_to_a_lost_peer_fails_and_a_late_done_is_ignored() {
     let r = sim.engine(2).irecv(0, 0, 0, None);
     assert_eq!(sim.wait(2, r).data.unwrap(), vec![8; 200]);
     sim.wait(0, to2).result.unwrap();
+}
+
+/// A remote read that fails with its peer (timed out, connection lost) fails that receive and
+/// the peer's other requests instead of leaving them waiting; other peers go on.
+#[test]
+fn a_failed_remote_read_fails_its_receive_instead_of_hanging() {
+    let sim = Sim::new(3, 8, config());
+    sim.fail_reads.set(true);
+    // 5000 bytes: the read protocol (read_min 4096, read_max 8000).
+    let _big = sim
+        .engine(1)
+        .isend(0, 0, 0, MemRef::owned(vec![3; 5000]), SendMode::Standard);
+    let r = sim.engine(0).irecv(0, 1, 0, None);
+    assert!(matches!(
+        sim.wait(0, r).result,
+        Err(P2pError::PeerLost { rank: 1, .. })
+    ));
+    let s = sim
+        .engine(2)
+        .isend(0, 0, 0, MemRef::owned(vec![4; 4]), SendMode::Standard);
+    let r2 = sim.engine(0).irecv(0, 2, 0, None);
+    assert_eq!(sim.wait(0, r2).data.unwrap(), vec![4; 4]);
+    sim.wait(2, s).result.unwrap();
 }
