@@ -46,6 +46,7 @@ use crate::{Caps, Event, Fabric, FabricError, Header, MemRef, PerfModel, Rank, R
 use oxmpi_ofi_sys as fi;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_void, CStr, CString};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::time::{Duration, Instant};
 
@@ -837,7 +838,9 @@ impl Ofi {
     fn reap(&mut self) -> Result<usize, FabricError> {
         let mut total = 0;
         loop {
-            let mut entries = [fi::fi_cq_data_entry::default(); CQ_BATCH];
+            // Not zeroed: this runs on every poll, and the provider writes the entries it
+            // returns.
+            let mut entries = [const { MaybeUninit::<fi::fi_cq_data_entry>::uninit() }; CQ_BATCH];
             // SAFETY: an open CQ of FI_CQ_FORMAT_DATA entries; room for CQ_BATCH of them.
             let ret =
                 unsafe { fi::oxmpi_fi_cq_read(self.ep.cq, entries.as_mut_ptr().cast(), CQ_BATCH) };
@@ -854,6 +857,8 @@ impl Ofi {
             }
             let n = ret as usize;
             for e in &entries[..n] {
+                // SAFETY: fi_cq_read wrote the first `n` entries.
+                let e = unsafe { e.assume_init_ref() };
                 match self.op_of(e.op_context) {
                     Some(Op::Recv(slot)) => {
                         let data = (e.flags & fi::FI_REMOTE_CQ_DATA as u64 != 0).then_some(e.data);
