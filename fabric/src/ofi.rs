@@ -1697,19 +1697,7 @@ mod tests {
         let small = MemRef::owned(vec![3u8; 100]);
         let deadline = Instant::now() + Duration::from_secs(10);
         let (mut frames, mut done) = (Vec::new(), Vec::new());
-        let take = |b: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>| {
-            b.poll(&mut |e| {
-                if let Event::Frame {
-                    peer,
-                    header,
-                    payload,
-                } = e
-                {
-                    frames.push((peer, header[0], payload.to_vec()));
-                }
-            })
-            .unwrap();
-        };
+        let take = take_frames;
         // The provider may push back while it maps the peer's region.
         let send = |a: &mut Ofi, b: &mut Ofi, f: &mut Vec<_>, h: u8, p: &MemRef, t: u64| loop {
             match a.send_lent(1, &[h; HEADER_LEN], p, t).unwrap() {
@@ -1766,6 +1754,21 @@ mod tests {
             }
         }
         (frames, errors)
+    }
+
+    /// Polls `e` once, adding its frames as (peer, first header byte, payload).
+    fn take_frames(e: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>) {
+        e.poll(&mut |ev| {
+            if let Event::Frame {
+                peer,
+                header,
+                payload,
+            } = ev
+            {
+                frames.push((peer, header[0], payload.to_vec()));
+            }
+        })
+        .unwrap();
     }
 
     fn pattern(len: usize, seed: usize) -> Vec<u8> {
@@ -1914,19 +1917,7 @@ mod tests {
     fn shm_a_pushed_back_split_payload_holds_up_only_its_peer() {
         let mut w = world_over("shm", 3);
         let len = w[0].split_max;
-        let take = |e: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>| {
-            e.poll(&mut |ev| {
-                if let Event::Frame {
-                    peer,
-                    header,
-                    payload,
-                } = ev
-                {
-                    frames.push((peer, header[0], payload.to_vec()));
-                }
-            })
-            .unwrap();
-        };
+        let take = take_frames;
         let (mut to1, mut to2) = (Vec::new(), Vec::new());
         let deadline = Instant::now() + Duration::from_secs(20);
         // First contact maps the peer's region (the provider pushes back meanwhile).
