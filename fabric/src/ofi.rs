@@ -23,8 +23,8 @@
 //!   bare payload, which carries the prefix as remote CQ data; the receiver keeps the head
 //!   until the payload from the same sender arrives (the provider keeps a sender's messages
 //!   in order), so a 4 KiB message stays on the inject path. Receives land in
-//!   [`RX_SLOTS`] pre-posted, pre-registered buffers and are reposted once the engine has
-//!   seen the frame.
+//!   [`RX_SLOTS`] pre-posted, pre-registered buffers, posted again by the next poll: after the
+//!   engine has acted on the frame (a reply goes out first), not on the way to it.
 //! - **Completions.** One completion queue, read in batches by [`Fabric::poll`]; the progress
 //!   engine's polling is what drives a manual-progress provider.
 //! - **Remote reads.** [`Fabric::remote_key`] registers the sender's buffer for remote reads
@@ -509,7 +509,7 @@ pub struct Ofi {
     lent_done: Vec<(Rank, u64)>,
     /// Sends that went out in place (`ofi.lent_sends`).
     lent_sends: u64,
-    /// Receive slots to post again (the provider said EAGAIN).
+    /// Receive slots to post again at the next poll (delivered, or the provider said EAGAIN).
     repost: Vec<usize>,
     /// Receives completed and not yet delivered: (slot, length, remote CQ data), handed out
     /// by the next poll.
@@ -817,6 +817,14 @@ impl Ofi {
     }
 
     fn post_recv(&mut self, slot: usize) -> Result<(), FabricError> {
+        if !self.try_post_recv(slot)? {
+            self.repost.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Posts receive slot `slot`; `false` if the provider pushed back.
+    fn try_post_recv(&mut self, slot: usize) -> Result<bool, FabricError> {
         let ctx = self.ctx_ptr(slot);
         let buf = self.rx.slot(slot);
         let desc = self.rx.desc();
@@ -824,13 +832,21 @@ impl Ofi {
         // is closed; its context is unique to it.
         let ret = unsafe { fi::oxmpi_fi_recv(self.ep.ep, buf.cast(), SLOT, desc, u64::MAX, ctx) };
         match ret {
-            0 => Ok(()),
-            r if r == -(fi::FI_EAGAIN as isize) => {
-                self.repost.push(slot);
-                Ok(())
-            }
+            0 => Ok(true),
+            r if r == -(fi::FI_EAGAIN as isize) => Ok(false),
             r => Err(FabricError::Setup(fi_error(r as i64, "fi_recv"))),
         }
+    }
+
+    /// Posts the slots waiting in `repost`, as far as the provider takes them.
+    fn repost_slots(&mut self) -> Result<(), FabricError> {
+        while let Some(&slot) = self.repost.last() {
+            if !self.try_post_recv(slot)? {
+                break;
+            }
+            self.repost.pop();
+        }
+        Ok(())
     }
 
     /// Reads completions. Receives go to `arrived` (handed out by `poll`); sends free their
@@ -943,7 +959,7 @@ impl Ofi {
     }
 
     /// Hands one received message to `on` (a frame, or a split frame once its payload is
-    /// here) and posts its buffer again. `data` is the message's remote CQ data: only the
+    /// here) and queues its buffer for posting again. `data` is the message's remote CQ data: only the
     /// payload of a split frame carries it.
     fn deliver(
         &mut self,
@@ -956,7 +972,9 @@ impl Ofi {
             Some(data) => self.deliver_split_payload(slot, len, data, on),
             None => self.deliver_frame(slot, len, on),
         };
-        self.post_recv(slot)?;
+        // Posted again by the next poll: after the caller has acted on the frame (a reply
+        // goes out first), not on its way to it.
+        self.repost.push(slot);
         result
     }
 
@@ -1393,9 +1411,7 @@ impl Fabric for Ofi {
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
-        for slot in std::mem::take(&mut self.repost) {
-            self.post_recv(slot)?;
-        }
+        self.repost_slots()?;
         if !self.split_pending.is_empty() {
             self.flush_split_payloads();
         }
