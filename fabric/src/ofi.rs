@@ -92,6 +92,19 @@ fn setup(ret: i64, what: &str) -> Result<(), FabricError> {
     }
 }
 
+/// What posting a send (inject, send, sendv) to `peer` returned: `true` once posted,
+/// `false` when the provider pushed back (nothing sent); any other failure fails `peer`.
+fn injected(ret: isize, peer: Rank, what: &str) -> Result<bool, FabricError> {
+    match ret {
+        0 => Ok(true),
+        r if r == -(fi::FI_EAGAIN as isize) => Ok(false),
+        r => Err(FabricError::PeerLost {
+            peer,
+            why: fi_error(r as i64, what),
+        }),
+    }
+}
+
 /// What the backend was asked for.
 #[derive(Clone, Debug)]
 pub struct OfiConfig {
@@ -1098,30 +1111,22 @@ impl Ofi {
         peer: Rank,
         what: &str,
     ) -> Result<bool, FabricError> {
-        match ret {
-            0 => {
-                self.tx_peer[slot] = peer;
-                Ok(true)
-            }
-            r if r == -(fi::FI_EAGAIN as isize) => {
+        let sent = injected(ret, peer, what);
+        match sent {
+            Ok(true) => self.tx_peer[slot] = peer,
+            Ok(false) => {
                 self.tx_free.push(slot);
                 self.reap_deferring();
-                Ok(false)
             }
-            r => {
-                self.tx_free.push(slot);
-                Err(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, what),
-                })
-            }
+            Err(_) => self.tx_free.push(slot),
         }
+        sent
     }
 
     /// Sends a frame whose payload fits the inject size only without the head: the head
     /// (rank word marked with [`SPLIT_HEAD`]) as one inject, then the payload with the prefix
-    /// as remote CQ data. A payload the provider pushes back once the head is out waits in
-    /// `split_pending_buf`, posted before anything else.
+    /// as remote CQ data. A payload the provider pushes back once the head is out waits (a
+    /// copy in `split_pending`), posted before anything else to its peer.
     fn send_split(
         &mut self,
         peer: Rank,
@@ -1129,26 +1134,16 @@ impl Ofi {
         header: &Header,
         payload: &[u8],
     ) -> Result<Sent, FabricError> {
-        let eagain = -(fi::FI_EAGAIN as isize);
         let mut head = [0u8; PREFIX + HEADER_LEN];
-        head[..4].copy_from_slice(&self.job_tag.to_le_bytes());
+        head[..PREFIX].copy_from_slice(&self.frame_prefix());
         head[4..PREFIX].copy_from_slice(&(self.rank | SPLIT_HEAD).to_le_bytes());
         head[PREFIX..].copy_from_slice(header);
         // SAFETY: an enabled endpoint; inject copies the bytes before returning.
         let ret =
             unsafe { fi::oxmpi_fi_inject(self.ep.ep, head.as_ptr().cast(), head.len(), dest) };
-        match ret {
-            0 => {}
-            r if r == eagain => {
-                self.reap_deferring();
-                return Ok(Sent::WouldBlock);
-            }
-            r => {
-                return Err(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, "fi_inject"),
-                })
-            }
+        if !injected(ret, peer, "fi_inject")? {
+            self.reap_deferring();
+            return Ok(Sent::WouldBlock);
         }
         self.split_sends += 1;
         let data = self.split_data();
@@ -1162,18 +1157,11 @@ impl Ofi {
                 dest,
             )
         };
-        match ret {
-            0 => Ok(Sent::Done),
-            r if r == eagain => {
-                // Rare (the peer's queue filled between the two injects): keep a copy.
-                self.split_pending.push((peer, payload.to_vec()));
-                Ok(Sent::Done)
-            }
-            r => Err(FabricError::PeerLost {
-                peer,
-                why: fi_error(r as i64, "fi_injectdata"),
-            }),
+        if !injected(ret, peer, "fi_injectdata")? {
+            // Rare (the peer's queue filled between the two injects): keep a copy.
+            self.split_pending.push((peer, payload.to_vec()));
         }
+        Ok(Sent::Done)
     }
 
     /// Posts the split payloads the provider pushed back, as far as it takes them now;
@@ -1195,14 +1183,7 @@ impl Ofi {
                         dest,
                     )
                 };
-                match ret {
-                    0 => Ok(true),
-                    r if r == -(fi::FI_EAGAIN as isize) => Ok(false),
-                    r => Err(FabricError::PeerLost {
-                        peer,
-                        why: fi_error(r as i64, "fi_injectdata"),
-                    }),
-                }
+                injected(ret, peer, "fi_injectdata")
             });
             match outcome {
                 Ok(false) => {
@@ -1235,7 +1216,7 @@ impl Ofi {
 
     /// The remote CQ data of a split frame's payload: the frame prefix as one word.
     fn split_data(&self) -> u64 {
-        u64::from(self.job_tag) | u64::from(self.rank) << 32
+        u64::from_le_bytes(self.frame_prefix())
     }
 
     fn frame_prefix(&self) -> [u8; PREFIX] {
@@ -1278,24 +1259,17 @@ impl Fabric for Ofi {
         let total = PREFIX + HEADER_LEN + payload.len();
         if total <= self.inject_max {
             let prefix = self.frame_prefix();
-            let eagain = -(fi::FI_EAGAIN as isize);
             let buf = &mut self.scratch[..total];
             buf[..PREFIX].copy_from_slice(&prefix);
             buf[PREFIX..PREFIX + HEADER_LEN].copy_from_slice(header);
             buf[PREFIX + HEADER_LEN..].copy_from_slice(payload);
             // SAFETY: an enabled endpoint; inject copies the bytes before returning.
             let ret = unsafe { fi::oxmpi_fi_inject(self.ep.ep, buf.as_ptr().cast(), total, dest) };
-            return match ret {
-                0 => Ok(Sent::Done),
-                r if r == eagain => {
-                    self.reap_deferring();
-                    Ok(Sent::WouldBlock)
-                }
-                r => Err(FabricError::PeerLost {
-                    peer,
-                    why: fi_error(r as i64, "fi_inject"),
-                }),
-            };
+            if !injected(ret, peer, "fi_inject")? {
+                self.reap_deferring();
+                return Ok(Sent::WouldBlock);
+            }
+            return Ok(Sent::Done);
         }
         if payload.len() <= self.split_max {
             return self.send_split(peer, dest, header, payload);
