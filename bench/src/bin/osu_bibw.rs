@@ -1,5 +1,8 @@
 //! `osu_bibw`: both ranks stream windows of nonblocking sends to each other at once;
 //! aggregate bandwidth of both directions in MB/s.
+//!
+//! As in OSU's C code, every send of a window goes from the same buffer; each receive has its
+//! own (see `osu_bw`).
 
 use oxmpi::wait_all;
 use oxmpi_bench::{buffer, header, line, Options};
@@ -13,7 +16,7 @@ fn main() -> Result<(), oxmpi::Error> {
     let me = world.rank();
     let peer = 1 - me;
     let window = opts.window;
-    let sbuf = buffer(opts.max * window, b's');
+    let sbuf = buffer(opts.max, b's');
     let mut rbuf = buffer(opts.max * window, b'r');
     if me == 0 {
         header("OSU MPI Bi-Directional Bandwidth Test", "Bandwidth (MB/s)");
@@ -31,8 +34,8 @@ fn main() -> Result<(), oxmpi::Error> {
                 for chunk in rbuf.chunks_mut(size.max(1)).take(window) {
                     reqs.push(s.irecv(&mut chunk[..size], peer, 100)?);
                 }
-                for w in 0..window {
-                    reqs.push(s.isend(&sbuf[w * size..(w + 1) * size], peer, 100)?);
+                for _ in 0..window {
+                    reqs.push(s.isend(&sbuf[..size], peer, 100)?);
                 }
                 wait_all(&mut reqs)?;
                 Ok(())
