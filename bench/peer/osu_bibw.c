@@ -8,7 +8,8 @@
  *
  * Flags: -m [MIN:]MAX  -i ITERS  -x WARMUP  -W WINDOW   (defaults: 1:4194304, 100, 10, 64;
  *        sizes above 8192 bytes run max(max(ITERS/10, 10) / 5, 10) iterations and
- *        max(WARMUP/10, 2) warm-ups). Each message of a window has its own buffer slot.
+ *        max(WARMUP/10, 2) warm-ups). As in OSU, every send of a window goes from the same
+ *        buffer; each receive of a window has its own slot (see osu_bw.c).
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -30,7 +31,7 @@ int main(int argc, char **argv)
         return 1;
     int peer = 1 - rank;
     long window = o.window;
-    char *sbuf = page_buffer(o.max * (size_t)window, 's');
+    char *sbuf = page_buffer(o.max, 's');
     char *rbuf = page_buffer(o.max * (size_t)window, 'r');
     MPI_Request *reqs = malloc(sizeof(MPI_Request) * 2 * (size_t)window);
     if (rank == 0)
@@ -46,7 +47,7 @@ int main(int argc, char **argv)
                 MPI_Irecv(rbuf + (size_t)w * size, (int)size, MPI_CHAR, peer, 100, MPI_COMM_WORLD,
                           &reqs[w]);
             for (long w = 0; w < window; w++)
-                MPI_Isend(sbuf + (size_t)w * size, (int)size, MPI_CHAR, peer, 100, MPI_COMM_WORLD,
+                MPI_Isend(sbuf, (int)size, MPI_CHAR, peer, 100, MPI_COMM_WORLD,
                           &reqs[window + w]);
             MPI_Waitall((int)(2 * window), reqs, MPI_STATUSES_IGNORE);
         }

@@ -8,7 +8,9 @@
  *
  * Flags: -m [MIN:]MAX  -i ITERS  -x WARMUP  -W WINDOW   (defaults: 1:4194304, 100, 10, 64;
  *        sizes above 8192 bytes run max(max(ITERS/10, 10) / 5, 10) iterations and
- *        max(WARMUP/10, 2) warm-ups). Each message of a window has its own buffer slot.
+ *        max(WARMUP/10, 2) warm-ups). As in OSU, every send of a window goes from the same
+ *        buffer; each receive of a window has its own slot (as in osu_bw.rs, whose pending
+ *        receives may not overlap).
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -29,7 +31,9 @@ int main(int argc, char **argv)
     if (!require(rank, nranks == 2, "osu_bw", "exactly 2 ranks"))
         return 1;
     long window = o.window;
-    char *buf = page_buffer(o.max * (size_t)window, rank == 0 ? 's' : 'r');
+    /* Rank 0 sends every message of a window from the first slot; rank 1 receives each into
+     * its own slot. */
+    char *buf = page_buffer(o.max * (size_t)(rank == 0 ? 1 : window), rank == 0 ? 's' : 'r');
     char ack[4] = {0};
     MPI_Request *reqs = malloc(sizeof(MPI_Request) * (size_t)window);
     if (rank == 0)
@@ -43,8 +47,7 @@ int main(int argc, char **argv)
             if (i == warmup) start = MPI_Wtime();
             if (rank == 0) {
                 for (long w = 0; w < window; w++)
-                    MPI_Isend(buf + (size_t)w * size, (int)size, MPI_CHAR, 1, 100, MPI_COMM_WORLD,
-                              &reqs[w]);
+                    MPI_Isend(buf, (int)size, MPI_CHAR, 1, 100, MPI_COMM_WORLD, &reqs[w]);
                 MPI_Waitall((int)window, reqs, MPI_STATUSES_IGNORE);
                 MPI_Recv(ack, 4, MPI_CHAR, 1, 101, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             } else {
