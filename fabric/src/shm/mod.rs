@@ -21,11 +21,12 @@ pub const EAGER_MAX: usize = 8 * 1024;
 /// Default smallest message read with `process_vm_readv` where permitted; smaller rendezvous
 /// messages, and all of them where CMA is not permitted, go through the ring pipeline.
 pub const RNDV_READ_MIN: usize = 8 * 1024 + 1;
-/// Default largest message read with `process_vm_readv`. Reads had the lower latency and the
-/// higher bidirectional bandwidth at every size measured on the 2-core VM; from 1 MiB up, the
-/// pipeline (both ranks copying at once) had the higher one-way `osu_bw`, below it the two
-/// traded places from run to run (`scripts/shm-protocols.sh`, docs/benchmarks.md).
-pub const RNDV_READ_MAX: usize = 512 * 1024;
+/// Default largest message read with `process_vm_readv`: no limit. Reads had the lower
+/// latency and the higher bidirectional bandwidth at every size measured on the 2-core VM,
+/// and, with `osu_bw` sending a window from one buffer as OSU does, the higher one-way
+/// bandwidth too (`scripts/shm-protocols.sh`, docs/benchmarks.md). The pipeline carries
+/// rendezvous messages where CMA is not permitted.
+pub const RNDV_READ_MAX: usize = usize::MAX;
 
 /// A peer reachable through shared memory.
 pub struct ShmPeer {
