@@ -225,9 +225,37 @@ pub fn line(size: usize, value: f64) {
     out!("{size:<10}{value:>18.2}");
 }
 
-/// A page-aligned-enough, touched buffer of `n` bytes.
-pub fn buffer(n: usize, fill: u8) -> Vec<u8> {
-    vec![fill; n.max(1)]
+/// Alignment of [`buffer`]s: a page, as the C peer loops' `page_buffer`.
+const PAGE: usize = 4096;
+
+/// A touched buffer of `n` bytes (at least 1) that starts on a page boundary, as the C peer
+/// loops' buffers do: a plain `Vec` of this size starts 16 bytes into a page, and the kernel's
+/// copies (`process_vm_readv`, sockets) run slower on such misaligned memory.
+pub fn buffer(n: usize, fill: u8) -> PageBuffer {
+    let len = n.max(1);
+    let mem = vec![fill; len + PAGE];
+    let start = mem.as_ptr().align_offset(PAGE).min(PAGE);
+    PageBuffer { mem, start, len }
+}
+
+/// See [`buffer`]: derefs to its `len` page-aligned bytes.
+pub struct PageBuffer {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for PageBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + self.len]
+    }
 }
 
 /// Exits (non-zero, with a message from rank 0) unless `ok`: the benchmark needs `what`.
