@@ -3,8 +3,8 @@
 //! `oxrun` exits 0.
 //!
 //! Usage: `oxrun -n N suite SCENARIO...` with scenarios `flood`, `wildcard`, `zero_self`,
-//! `sizes`, `truncate`, `invalid`, `big`, `secret`, `exit3`, or `all` (every checking
-//! scenario).
+//! `sizes`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `exit3`, or `all` (every
+//! checking scenario).
 
 use oxmpi::{Communicator, Error, ANY_SOURCE, ANY_TAG};
 
@@ -132,6 +132,34 @@ fn sizes(w: &Communicator) -> Result<(), Error> {
         oxmpi::wait_all(&mut reqs)?;
         Ok(())
     })?;
+    w.barrier()
+}
+
+/// The bandwidth benchmarks' pattern: one buffer sent several times at once to the same peer
+/// (shared borrows overlap), received into separate buffers, at every protocol's sizes.
+fn shared_send(w: &Communicator) -> Result<(), Error> {
+    const COPIES: usize = 8;
+    let (me, n) = (w.rank(), w.size());
+    for (k, &len) in [1usize, 4096, 4096 + 1, 16384, 65536, 1 << 20].iter().enumerate() {
+        let out = sized(me, k, len);
+        let mut inbox = vec![vec![0u8; len]; COPIES];
+        let (to, from) = ((me + 1) % n, (me + n - 1) % n);
+        w.scope(|s| -> Result<(), Error> {
+            let mut reqs = Vec::new();
+            for b in inbox.iter_mut() {
+                reqs.push(s.irecv(&mut b[..], from, 30)?);
+            }
+            for _ in 0..COPIES {
+                reqs.push(s.isend(&out, to, 30)?);
+            }
+            oxmpi::wait_all(&mut reqs)?;
+            Ok(())
+        })?;
+        let want = sized(from, k, len);
+        for (c, b) in inbox.iter().enumerate() {
+            assert!(*b == want, "copy {c} of the {len}-byte message from {from}");
+        }
+    }
     w.barrier()
 }
 
@@ -306,6 +334,7 @@ fn main() -> Result<(), Error> {
             "wildcard" => wildcard(&w)?,
             "zero_self" => zero_self(&w)?,
             "sizes" => sizes(&w)?,
+            "shared_send" => shared_send(&w)?,
             "truncate" => truncate(&w)?,
             "invalid" => invalid(&w)?,
             "big" => big(&w, mib)?,
@@ -328,6 +357,7 @@ fn main() -> Result<(), Error> {
                 wildcard(&w)?;
                 zero_self(&w)?;
                 sizes(&w)?;
+                shared_send(&w)?;
                 truncate(&w)?;
                 invalid(&w)?;
                 big(&w, mib)?;
