@@ -140,7 +140,10 @@ fn sizes(w: &Communicator) -> Result<(), Error> {
 fn shared_send(w: &Communicator) -> Result<(), Error> {
     const COPIES: usize = 8;
     let (me, n) = (w.rank(), w.size());
-    for (k, &len) in [1usize, 4096, 4096 + 1, 16384, 65536, 1 << 20].iter().enumerate() {
+    for (k, &len) in [1usize, 4096, 4096 + 1, 16384, 65536, 1 << 20]
+        .iter()
+        .enumerate()
+    {
         let out = sized(me, k, len);
         let mut inbox = vec![vec![0u8; len]; COPIES];
         let (to, from) = ((me + 1) % n, (me + n - 1) % n);
