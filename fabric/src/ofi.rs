@@ -1730,16 +1730,7 @@ mod tests {
             if let Err(e) = a.poll(&mut |_| {}) {
                 panic!("sender's poll failed: {e}");
             }
-            if let Err(e) = b.poll(&mut |e| {
-                if let Event::Frame {
-                    peer,
-                    header,
-                    payload,
-                } = e
-                {
-                    frames.push((peer, header[0], payload.to_vec()));
-                }
-            }) {
+            if let Err(e) = poll_frames(b, &mut frames) {
                 errors.push(e);
             }
         }
@@ -1747,7 +1738,10 @@ mod tests {
     }
 
     /// Polls `e` once, adding its frames as (peer, first header byte, payload).
-    fn take_frames(e: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>) {
+    fn poll_frames(
+        e: &mut Ofi,
+        frames: &mut Vec<(Rank, u8, Vec<u8>)>,
+    ) -> Result<usize, FabricError> {
         e.poll(&mut |ev| {
             if let Event::Frame {
                 peer,
@@ -1758,7 +1752,11 @@ mod tests {
                 frames.push((peer, header[0], payload.to_vec()));
             }
         })
-        .unwrap();
+    }
+
+    /// [`poll_frames`], failing the test on a poll error.
+    fn take_frames(e: &mut Ofi, frames: &mut Vec<(Rank, u8, Vec<u8>)>) {
+        poll_frames(e, frames).unwrap();
     }
 
     fn pattern(len: usize, seed: usize) -> Vec<u8> {
