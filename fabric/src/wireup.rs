@@ -218,7 +218,7 @@ pub fn fabric_report() -> String {
 }
 
 /// Whether `OXMPI_DEBUG` asks for the wire-up's decisions on stderr.
-fn debug_enabled() -> bool {
+pub(crate) fn debug_enabled() -> bool {
     std::env::var("OXMPI_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -319,8 +319,10 @@ impl Card {
     }
 }
 
-/// Wires this rank up with its peers through the key-value service.
-pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError> {
+/// Wires this rank up with its peers through the key-value service. `cores`: how many CPUs
+/// the job's ranks on this host share (counted before a rank pins itself), which decides
+/// whether shared-memory reads are assisted ([`Shm::new`]).
+pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient, cores: usize) -> Result<Router, FabricError> {
     let choice = FabricChoice::from_env()?;
     let (rank, size) = (env.rank, env.size);
     let host = match node_size() {
@@ -452,7 +454,7 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient) -> Result<Router, FabricError>
     let has_shm = !shm_peers.is_empty();
     if let Some(own) = own {
         if has_shm {
-            backends.push(Box::new(Shm::new(rank, size, own, shm_peers)));
+            backends.push(Box::new(Shm::new(rank, size, own, shm_peers, cores)));
         }
     }
     if let Some((net, provider)) = network {

@@ -91,7 +91,7 @@ pub fn init() -> Result<Universe> {
     }
     let (router, kvs) = if env.size > 1 {
         let mut kvs = KvsClient::connect(&env)?;
-        let router = oxmpi_fabric::wireup::wire_up(&env, &mut kvs)?;
+        let router = oxmpi_fabric::wireup::wire_up(&env, &mut kvs, cores)?;
         (router, Some(kvs))
     } else {
         (Router::singleton(), None)

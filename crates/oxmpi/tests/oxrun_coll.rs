@@ -64,6 +64,28 @@ fn every_collective_and_algorithm_over_shm() {
     every_algorithm("shm");
 }
 
+/// Shared-memory reads assisted by their senders (forced, in small chunks) under every
+/// collective and algorithm, with as many ranks as cores and oversubscribed.
+#[test]
+fn every_collective_and_algorithm_over_shm_with_assisted_reads() {
+    for n in [2, 3, 4] {
+        let out = oxrun(
+            n,
+            &[
+                ("OXMPI_FABRIC", "shm"),
+                ("OXMPI_SHM_ASSIST_MIN", "9000"),
+                ("OXMPI_SHM_ASSIST_CHUNK", "4096"),
+            ],
+            &[],
+        );
+        expect_ok(
+            &out,
+            &format!("shm with assisted reads, {n} ranks"),
+            &["algorithms", "concurrent"],
+        );
+    }
+}
+
 #[test]
 fn every_collective_and_algorithm_over_tcp() {
     every_algorithm("tcp");

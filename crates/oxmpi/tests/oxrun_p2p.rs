@@ -137,14 +137,20 @@ fn ofi_registration_cache_counters_show_reuse() {
 /// Rank 0's counter `name` from the `OXMPI_COUNTERS=1` report on stderr.
 #[cfg(feature = "ofi")]
 fn rank0_counter(out: &Output, name: &str) -> u64 {
+    rank_counter(out, 0, name)
+}
+
+/// Rank `rank`'s counter `name` from the `OXMPI_COUNTERS=1` report on stderr.
+fn rank_counter(out: &Output, rank: u32, name: &str) -> u64 {
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("oxmpi[{rank}]: counters:");
     stderr
         .lines()
-        .filter(|l| l.starts_with("oxmpi[0]: counters:"))
+        .filter(|l| l.starts_with(&prefix))
         .flat_map(|l| l.split_whitespace())
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {stderr}"))
+        .unwrap_or_else(|| panic!("no {name} of rank {rank} in {stderr}"))
 }
 
 /// Over the shm provider the lengths around its 4 KiB inject size take the split-frame and
@@ -246,6 +252,44 @@ fn shm_all_scenarios_2_3_4_8_ranks() {
 #[test]
 fn tcp_all_scenarios_2_3_4_8_ranks() {
     all_scenarios("tcp");
+}
+
+/// Assisted reads (the sender copies chunks of a read of its memory) forced on every
+/// rendezvous read, in small chunks so that both sides take many, with 2, 3, 4 and 8 ranks
+/// (oversubscribed too, where they are off by default): every scenario still passes.
+#[test]
+fn shm_assisted_reads_carry_every_scenario() {
+    all_scenarios_env(&[
+        ("OXMPI_FABRIC", "shm"),
+        ("OXMPI_SHM_ASSIST_MIN", "9000"),
+        ("OXMPI_SHM_ASSIST_CHUNK", "4096"),
+    ]);
+}
+
+/// `osu_bw` at 1 MiB with assisted reads: the receiver offers every message (64 KiB chunks,
+/// 16 each), and the chunks the sender says it wrote are the ones the receiver did not read.
+#[test]
+fn shm_assisted_read_counters_add_up() {
+    let out = run_with(
+        2,
+        "osu_bw",
+        &["-m", "1048576:1048576", "-i", "20", "-x", "2"],
+        &[
+            ("OXMPI_FABRIC", "shm"),
+            ("OXMPI_SHM_ASSIST_MIN", "131072"),
+            ("OXMPI_SHM_ASSIST_CHUNK", "65536"),
+            ("OXMPI_COUNTERS", "1"),
+        ],
+    );
+    check(&out, "osu_bw over shm with assisted reads");
+    let reads = rank_counter(&out, 1, "shm.assisted_reads");
+    let read = rank_counter(&out, 1, "shm.assist.chunks_read");
+    let helped = rank_counter(&out, 1, "shm.assist.chunks_helped");
+    let written = rank_counter(&out, 0, "shm.assist.chunks_written");
+    assert!(reads >= 64, "{reads} assisted reads");
+    assert_eq!(read + helped, reads * 16, "chunks of {reads} reads");
+    assert_eq!(helped, written, "chunks the sender wrote");
+    assert_eq!(rank_counter(&out, 0, "shm.assisted_reads"), 0);
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! One rank's shared-memory segment: a header with the doorbell used to wake it, then one
-//! inbound ring per peer. Rank `j` produces into ring `j` of rank `i`'s segment.
+//! inbound ring per peer, then one assist slot per peer ([`super::assist`]). Rank `j` produces
+//! into ring `j` of rank `i`'s segment, and asks rank `i` for help with a read of its memory
+//! through assist slot `j`.
 //!
 //! Segments live in `/dev/shm/oxmpi-<job>-<rank>`. The owner creates its file; peers map it
 //! after a fence; after a second fence the owner unlinks the name, so the memory goes away with
 //! the last process that maps it however the job ends. `oxrun` also sweeps the job's names.
 
+use super::assist::{AssistSlot, ASSIST_STRIDE};
 use super::ring::{RingPtr, RING_STRIDE};
 use crate::sys::cvt;
 use std::fs::OpenOptions;
@@ -27,6 +30,8 @@ struct SegHeader {
     doorbell: Line32,
     /// Non-zero while the owner sleeps (or is about to) on `doorbell`.
     sleeping: Line32,
+    /// Assisted reads of the owner's memory now open (peers add and remove theirs).
+    assist_pending: Line32,
 }
 
 /// The directory that holds segments.
@@ -43,6 +48,7 @@ pub fn name(job: &str, rank: u32) -> String {
 pub struct Segment {
     base: *mut u8,
     len: usize,
+    size: u32,
     path: PathBuf,
 }
 
@@ -52,7 +58,7 @@ unsafe impl Send for Segment {}
 
 impl Segment {
     fn bytes_for(size: u32) -> usize {
-        HEADER_BYTES + size as usize * RING_STRIDE
+        HEADER_BYTES + size as usize * (RING_STRIDE + ASSIST_STRIDE)
     }
 
     /// Creates and maps this rank's segment with `size` inbound rings.
@@ -65,7 +71,7 @@ impl Segment {
             .open(&path)?;
         let len = Self::bytes_for(size);
         file.set_len(len as u64)?;
-        let seg = Self::map(&file, len, path)?;
+        let seg = Self::map(&file, len, size, path)?;
         seg.header().magic.store(MAGIC, Ordering::Release);
         Ok(seg)
     }
@@ -81,7 +87,7 @@ impl Segment {
                 "segment too small",
             ));
         }
-        let seg = Self::map(&file, len, path)?;
+        let seg = Self::map(&file, len, size, path)?;
         if seg.header().magic.load(Ordering::Acquire) != MAGIC {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -91,7 +97,7 @@ impl Segment {
         Ok(seg)
     }
 
-    fn map(file: &std::fs::File, len: usize, path: PathBuf) -> io::Result<Self> {
+    fn map(file: &std::fs::File, len: usize, size: u32, path: PathBuf) -> io::Result<Self> {
         // SAFETY: mapping a file we opened read-write, of at least `len` bytes; the result is
         // checked for MAP_FAILED.
         let p = unsafe {
@@ -110,6 +116,7 @@ impl Segment {
         Ok(Self {
             base: p.cast(),
             len,
+            size,
             path,
         })
     }
@@ -145,6 +152,22 @@ impl Segment {
         // SAFETY: in bounds (asserted), 64-byte aligned (HEADER_BYTES and RING_STRIDE are
         // multiples of 64), and mapped for as long as `self`, which the fabric keeps.
         unsafe { RingPtr::new(self.base.add(off)) }
+    }
+
+    /// The assist slot through which `from` asks this segment's owner to help with a read.
+    pub fn assist(&self, from: u32) -> &AssistSlot {
+        assert!(from < self.size, "assist slot {from} out of the segment");
+        let off = HEADER_BYTES + self.size as usize * RING_STRIDE + from as usize * ASSIST_STRIDE;
+        // SAFETY: in bounds (`from < size`, and the mapping is `bytes_for(size)` long), 64-byte
+        // aligned (HEADER_BYTES, RING_STRIDE and ASSIST_STRIDE are multiples of 64), made of
+        // atomics valid for any bit pattern (zero is an idle slot), and mapped for as long as
+        // `self`.
+        unsafe { &*(self.base.add(off) as *const AssistSlot) }
+    }
+
+    /// The count of assisted reads of the owner's memory now open.
+    pub fn assist_pending(&self) -> &AtomicU32 {
+        &self.header().assist_pending.0
     }
 
     /// Producer side: wakes the owner if it sleeps. Call after publishing a record.
