@@ -52,7 +52,8 @@ struct Outbound {
     /// Whether this rank helps the peer's reads of its memory (`process_vm_writev` into the
     /// peer: CMA permitted, and no write of ours failed).
     helps: bool,
-    /// Whether this rank asks the peer for help with its reads (no help of theirs stalled).
+    /// Whether this rank asks the peer for help with its reads (the peer did not end with a
+    /// chunk of ours claimed).
     asks: bool,
 }
 
@@ -64,8 +65,23 @@ struct AssistConfig {
     chunk: usize,
 }
 
-/// How long a read waits for a chunk its helper claimed: past it the peer is taken as lost.
-const ASSIST_STALL: Duration = Duration::from_secs(30);
+/// Whether process `pid` can still write anything: it exists and is not a zombie.
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    // A zombie (exited, not yet reaped by oxrun) still answers signal 0.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => r == 0,
+    }
+}
 
 /// The shared-memory fabric of one rank.
 pub struct Shm {
@@ -252,9 +268,10 @@ pub fn cma_write(pid: i32, src: u64, dst: u64, len: usize) -> std::io::Result<()
             iov_base: (dst as usize + done) as *mut _,
             iov_len: len - done,
         };
-        // SAFETY: the kernel reads the local range (this process's memory, failing with
-        // EFAULT where it is not mapped, never faulting us) and validates the remote range
-        // against the other process; no Rust reference covers either range here.
+        // SAFETY: the kernel only reads the local range (this process's memory: a send buffer
+        // lent to the pending send, under a shared borrow, so reading it is allowed; an
+        // unmapped address fails with EFAULT rather than faulting us) and validates the remote
+        // range against the other process.
         let n = cvt(unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) })?;
         if n == 0 {
             return Err(std::io::Error::new(
@@ -326,8 +343,8 @@ impl Fabric for Shm {
             remote.addr + offset,
             dst,
             assist.chunk,
-            ASSIST_STALL,
             |addr, buf| cma_read(pid, addr, buf),
+            || process_alive(pid),
         );
         counters.assisted_reads += 1;
         match r {
@@ -337,14 +354,11 @@ impl Fabric for Shm {
                 Ok(())
             }
             Err(AssistError::Read(e)) => Err(rma(e)),
-            Err(AssistError::Stalled) => {
+            Err(AssistError::HelperGone) => {
                 out.asks = false;
                 Err(FabricError::PeerLost {
                     peer,
-                    why: format!(
-                        "it stopped for {} s in the middle of a shared copy",
-                        ASSIST_STALL.as_secs()
-                    ),
+                    why: "it ended in the middle of a shared copy".into(),
                 })
             }
         }
@@ -421,5 +435,36 @@ impl Fabric for Shm {
         let inbound = &mut self.inbound;
         self.own
             .sleep(timeout, || inbound.iter_mut().any(|(_, c)| c.has_data()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_alive;
+
+    /// A helper is waited for while its process lives: not once it has exited, whether or not
+    /// it has been reaped (a zombie answers signal 0 but writes nothing).
+    #[test]
+    fn a_process_is_alive_until_it_exits_reaped_or_not() {
+        assert!(process_alive(std::process::id() as i32));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(process_alive(pid));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie once the kill lands.
+        let mut dead = false;
+        for _ in 0..500 {
+            if !process_alive(pid) {
+                dead = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(dead, "a killed, unreaped child still counts as alive");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 }

@@ -72,6 +72,9 @@ impl Segment {
         let len = Self::bytes_for(size);
         file.set_len(len as u64)?;
         let seg = Self::map(&file, len, size, path)?;
+        for from in 0..size {
+            seg.assist(from).close_new();
+        }
         seg.header().magic.store(MAGIC, Ordering::Release);
         Ok(seg)
     }
@@ -160,8 +163,8 @@ impl Segment {
         let off = HEADER_BYTES + self.size as usize * RING_STRIDE + from as usize * ASSIST_STRIDE;
         // SAFETY: in bounds (`from < size`, and the mapping is `bytes_for(size)` long), 64-byte
         // aligned (HEADER_BYTES, RING_STRIDE and ASSIST_STRIDE are multiples of 64), made of
-        // atomics valid for any bit pattern (zero is an idle slot), and mapped for as long as
-        // `self`.
+        // atomics and padding that is never written, valid for any bit pattern, and mapped for
+        // as long as `self`.
         unsafe { &*(self.base.add(off) as *const AssistSlot) }
     }
 
