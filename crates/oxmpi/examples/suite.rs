@@ -349,6 +349,23 @@ fn main() -> Result<(), Error> {
                 // The others wait for a message that never comes; oxrun must end them.
                 let _ = w.recv_vec::<u8>(w.size() - 1, 0);
             }
+            "die_in_copy" => {
+                // The last rank dies (SIGABRT) while rank 0 is reading a 256 MiB message from
+                // it, which over shared memory it helps to copy: oxrun must end the job.
+                let last = w.size() - 1;
+                let big = vec![7u8; 256 << 20];
+                if w.rank() == last {
+                    std::thread::spawn(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        std::process::abort();
+                    });
+                    w.send(&big[..], 0, 9)?;
+                } else if w.rank() == 0 {
+                    let mut buf = vec![0u8; 256 << 20];
+                    let _ = w.recv_into(&mut buf[..], last, 9);
+                }
+                let _ = w.recv_vec::<u8>(last, 0);
+            }
             "abort" => {
                 if w.rank() == 0 {
                     universe.abort(5);

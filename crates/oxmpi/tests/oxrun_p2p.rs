@@ -354,6 +354,27 @@ fn a_rank_exiting_with_code_3_brings_the_job_down_and_is_named() {
     }
 }
 
+/// A rank that dies while a peer reads a large message from it (over shared memory, helping
+/// with the copy) brings the job down, named.
+#[test]
+fn a_rank_dying_in_a_shared_copy_brings_the_job_down() {
+    for fabric in ["shm", "tcp"] {
+        let t = Instant::now();
+        let out = oxrun(2, fabric, &["die_in_copy"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + 6), "{stderr}");
+        assert!(
+            stderr.contains("oxrun: rank 1 (pid") && stderr.contains("killed by signal SIGABRT"),
+            "{stderr}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
 #[test]
 fn abort_brings_the_job_down_with_its_code() {
     let out = oxrun(3, "shm", &["abort"]);
