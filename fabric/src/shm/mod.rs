@@ -7,7 +7,9 @@
 //! ring (rendezvous pipeline) or a single-copy remote read; which one is chosen by size from
 //! [`Caps::rndv_read_min`], set from measurements on the target machine (docs/benchmarks.md).
 //! A read of [`assist::ASSIST_MIN`] bytes or more is an *assisted* read: the sender, waiting
-//! for it in its poll, copies part of it with `process_vm_writev` ([`assist`]).
+//! for it in its poll, copies part of it with `process_vm_writev` ([`assist`]). Only one-way:
+//! a rank does not ask a peer that has a rendezvous message of its to read as well (an
+//! exchange keeps both cores copying anyway), and helps only from a poll that found nothing.
 
 pub mod assist;
 pub mod ring;
@@ -55,6 +57,8 @@ struct Outbound {
     /// Whether this rank asks the peer for help with its reads (the peer did not end with a
     /// chunk of ours claimed).
     asks: bool,
+    /// Rendezvous sends to the peer whose memory it may still read (keys lent, not released).
+    lent: u32,
 }
 
 /// Sizes of assisted reads (`OXMPI_SHM_ASSIST_MIN`, `OXMPI_SHM_ASSIST_CHUNK`; a minimum of 0
@@ -107,7 +111,7 @@ struct ShmCounters {
     chunks_read: u64,
     /// Chunks of them the sender wrote.
     chunks_helped: u64,
-    /// Chunks this rank wrote into peers' reads.
+    /// Chunks this rank wrote into peers' reads (a failed call's earlier chunks not counted).
     chunks_written: u64,
 }
 
@@ -170,6 +174,7 @@ impl Shm {
                 caps: caps(p.cma),
                 helps: p.cma,
                 asks: true,
+                lent: 0,
             });
         }
         let min = env_usize("OXMPI_SHM_ASSIST_MIN").unwrap_or(if oversubscribed {
@@ -205,18 +210,14 @@ impl Shm {
                 continue;
             }
             let slot = self.own.assist(peer);
-            let mut written = 0;
-            let r = assist::help(slot, |src, dst, len| {
-                cma_write(pid, src, dst, len)?;
-                written += 1;
-                Ok(())
-            });
-            self.counters.chunks_written += written;
-            if let Err(e) = r {
-                // The peer copies that chunk itself; stop helping it (it is likely gone).
-                out.helps = false;
-                if crate::wireup::debug_enabled() {
-                    eprintln!("oxmpi: shm: stopped helping rank {peer}'s reads: {e}");
+            match assist::help(slot, |src, dst, len| cma_write(pid, src, dst, len)) {
+                Ok(chunks) => self.counters.chunks_written += chunks,
+                Err(e) => {
+                    // The peer copies that run itself; stop helping it (it is likely gone).
+                    out.helps = false;
+                    if crate::wireup::debug_enabled() {
+                        eprintln!("oxmpi: shm: stopped helping rank {peer}'s reads: {e}");
+                    }
                 }
             }
         }
@@ -334,7 +335,9 @@ impl Fabric for Shm {
         }
         let rma =
             |e: std::io::Error| FabricError::Rma(format!("process_vm_readv from rank {peer}: {e}"));
-        if dst.len() < assist.min || !out.asks {
+        // Not while the peer has a message of ours to read too (an exchange): it is copying
+        // then rather than idle, and splitting the read into claims would only add calls.
+        if dst.len() < assist.min || !out.asks || out.lent > 0 {
             return cma_read(pid, remote.addr + offset, dst).map_err(rma);
         }
         let r = assist::assisted_read(
@@ -365,14 +368,6 @@ impl Fabric for Shm {
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
-        if self
-            .own
-            .assist_pending()
-            .load(std::sync::atomic::Ordering::Acquire)
-            != 0
-        {
-            self.help_peers();
-        }
         let n = self.inbound.len();
         let mut events = 0;
         // Start one ring further each poll so a busy peer cannot starve the others (no
@@ -409,8 +404,32 @@ impl Fabric for Shm {
         };
         if events > 0 {
             self.short_naps = 0;
+        } else if self
+            .own
+            .assist_pending()
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            // Help with peers' reads only when nothing arrived: a frame may start work of this
+            // rank's own (in an exchange, its read of the peer's message), which goes first.
+            self.help_peers();
         }
         Ok(events)
+    }
+
+    fn remote_key(&mut self, peer: Rank, mem: &crate::MemRef) -> Result<RemoteKey, FabricError> {
+        self.out(peer).lent += 1;
+        let b = mem.bytes();
+        Ok(RemoteKey {
+            addr: b.as_ptr() as u64,
+            len: b.len() as u64,
+            key: 0,
+        })
+    }
+
+    fn release_key(&mut self, peer: Rank, _key: &RemoteKey) {
+        let out = self.out(peer);
+        out.lent = out.lent.saturating_sub(1);
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
