@@ -58,6 +58,19 @@ pub struct RemoteKey {
     pub key: u64,
 }
 
+impl RemoteKey {
+    /// The key of `mem` for backends that read by address with no protection key (shared
+    /// memory, loopback).
+    pub fn of_address(mem: &MemRef) -> Self {
+        let b = mem.bytes();
+        Self {
+            addr: b.as_ptr() as u64,
+            len: b.len() as u64,
+            key: 0,
+        }
+    }
+}
+
 /// A small performance model, used to choose protocols and reported by `--fabric-info`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PerfModel {
@@ -221,12 +234,7 @@ pub trait Fabric {
     /// the memory keep it registered at least until [`Fabric::release_key`].
     fn remote_key(&mut self, peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
         let _ = peer;
-        let b = mem.bytes();
-        Ok(RemoteKey {
-            addr: b.as_ptr() as u64,
-            len: b.len() as u64,
-            key: 0,
-        })
+        Ok(RemoteKey::of_address(mem))
     }
     /// `peer` has finished with a key from [`Fabric::remote_key`] (or will never use it).
     fn release_key(&mut self, peer: Rank, key: &RemoteKey) {

@@ -362,9 +362,9 @@ fn a_rank_dying_in_a_shared_copy_brings_the_job_down() {
         let t = Instant::now();
         let out = oxrun(2, fabric, &["die_in_copy"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(128 + 6), "{stderr}");
+        assert_eq!(out.status.code(), Some(128 + 9), "{stderr}");
         assert!(
-            stderr.contains("oxrun: rank 1 (pid") && stderr.contains("killed by signal SIGABRT"),
+            stderr.contains("oxrun: rank 1 (pid") && stderr.contains("killed by signal SIGKILL"),
             "{stderr}"
         );
         assert!(

@@ -232,52 +232,56 @@ impl Shm {
 
 /// Reads `dst.len()` bytes at `addr` in process `pid` with `process_vm_readv`.
 pub fn cma_read(pid: i32, addr: u64, dst: &mut [u8]) -> std::io::Result<()> {
-    let mut done = 0usize;
-    while done < dst.len() {
-        let local = libc::iovec {
-            iov_base: dst[done..].as_mut_ptr().cast(),
-            iov_len: dst.len() - done,
-        };
-        let remote = libc::iovec {
-            iov_base: (addr as usize + done) as *mut _,
-            iov_len: dst.len() - done,
-        };
-        // SAFETY: `local` describes the writable slice `dst[done..]`; the kernel validates the
-        // remote range against the other process and fails with EFAULT if it is not mapped.
-        let n = cvt(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) })?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "read 0 bytes",
-            ));
-        }
-        done += n as usize;
-    }
-    Ok(())
+    // SAFETY: `dst` is a writable slice of this process, exclusively borrowed for the call.
+    unsafe { cma(pid, dst.as_mut_ptr() as usize, addr, dst.len(), Cma::Read) }
 }
 
 /// Writes `len` bytes at `src` in this process to `dst` in process `pid` with
 /// `process_vm_writev`.
 pub fn cma_write(pid: i32, src: u64, dst: u64, len: usize) -> std::io::Result<()> {
+    // SAFETY: the kernel only reads the local range; an unmapped one fails with EFAULT, never
+    // faulting us. The callers pass a send buffer lent to a pending send (shared borrow), which
+    // may be read.
+    unsafe { cma(pid, src as usize, dst, len, Cma::Write) }
+}
+
+#[derive(Clone, Copy)]
+enum Cma {
+    /// From the other process into ours.
+    Read,
+    /// From ours into the other process.
+    Write,
+}
+
+/// Moves `len` bytes between `local` in this process and `remote` in process `pid`, in as
+/// many calls as the kernel needs.
+///
+/// # Safety
+/// For [`Cma::Read`], `local..local + len` must be writable memory of this process that
+/// nothing else accesses during the call; for [`Cma::Write`], memory that may be read.
+unsafe fn cma(pid: i32, local: usize, remote: u64, len: usize, dir: Cma) -> std::io::Result<()> {
     let mut done = 0usize;
     while done < len {
-        let local = libc::iovec {
-            iov_base: (src as usize + done) as *mut _,
+        let l = libc::iovec {
+            iov_base: (local + done) as *mut _,
             iov_len: len - done,
         };
-        let remote = libc::iovec {
-            iov_base: (dst as usize + done) as *mut _,
+        let r = libc::iovec {
+            iov_base: (remote as usize + done) as *mut _,
             iov_len: len - done,
         };
-        // SAFETY: the kernel only reads the local range (this process's memory: a send buffer
-        // lent to the pending send, under a shared borrow, so reading it is allowed; an
-        // unmapped address fails with EFAULT rather than faulting us) and validates the remote
-        // range against the other process.
-        let n = cvt(unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) })?;
+        // SAFETY: the local range is as the caller vouches; the kernel validates the remote
+        // range against the other process (EFAULT if it is not mapped there).
+        let n = cvt(unsafe {
+            match dir {
+                Cma::Read => libc::process_vm_readv(pid, &l, 1, &r, 1, 0),
+                Cma::Write => libc::process_vm_writev(pid, &l, 1, &r, 1, 0),
+            }
+        })?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "wrote 0 bytes",
+                "moved 0 bytes",
             ));
         }
         done += n as usize;
@@ -419,12 +423,7 @@ impl Fabric for Shm {
 
     fn remote_key(&mut self, peer: Rank, mem: &crate::MemRef) -> Result<RemoteKey, FabricError> {
         self.out(peer).lent += 1;
-        let b = mem.bytes();
-        Ok(RemoteKey {
-            addr: b.as_ptr() as u64,
-            len: b.len() as u64,
-            key: 0,
-        })
+        Ok(RemoteKey::of_address(mem))
     }
 
     fn release_key(&mut self, peer: Rank, _key: &RemoteKey) {
