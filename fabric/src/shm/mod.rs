@@ -153,8 +153,8 @@ impl Shm {
     /// Builds the fabric from this rank's segment and the mapped segments of its peers.
     /// `cores`: the CPUs this host's ranks share. Reads are assisted only when every rank
     /// has a core of its own: with more ranks than cores, a helper that claimed a chunk can be
-    /// preempted by a rank sharing its core while the reader waits for it (4-rank
-    /// `osu_alltoall` at 1 MiB on 2 cores: 2.5 ms assisted, 1.9 ms not).
+    /// preempted by a rank sharing its core while the reader waits for it (4 ranks on 2 cores,
+    /// forced on: `osu_bcast` gained, `osu_alltoall` moved both ways; docs/benchmarks.md).
     /// `OXMPI_SHM_ASSIST_MIN` set decides in either case.
     pub fn new(rank: Rank, size: u32, own: Segment, peers: Vec<ShmPeer>, cores: usize) -> Self {
         let oversubscribed = peers.len() + 1 > cores;
