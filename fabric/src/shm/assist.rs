@@ -373,6 +373,46 @@ mod tests {
             .collect()
     }
 
+    /// A sender's poll in a thread: waits for a request toward it, then helps with `write`.
+    fn spawn_helper(
+        slot: &Arc<AssistSlot>,
+        pending: &Arc<AtomicU32>,
+        write: impl FnMut(u64, u64, usize) -> io::Result<()> + Send + 'static,
+    ) -> std::thread::JoinHandle<io::Result<u64>> {
+        let (slot, pending) = (slot.clone(), pending.clone());
+        std::thread::spawn(move || {
+            while pending.load(Ordering::Acquire) == 0 {
+                std::hint::spin_loop();
+            }
+            help(&slot, write)
+        })
+    }
+
+    /// An assisted read of `src` into `dst` in 4 KiB chunks, with the helper taken as alive;
+    /// each of the receiver's reads waits for `gate` first, if given.
+    fn read_gated(
+        slot: &AssistSlot,
+        pending: &AtomicU32,
+        src: &[u8],
+        dst: &mut [u8],
+        gate: Option<&AtomicBool>,
+    ) -> Result<AssistStats, AssistError> {
+        assisted_read(
+            slot,
+            pending,
+            src.as_ptr() as u64,
+            dst,
+            4096,
+            |a, buf| {
+                if let Some(g) = gate {
+                    spin_until(g);
+                }
+                copying(a, buf)
+            },
+            || true,
+        )
+    }
+
     fn spin_until(flag: &AtomicBool) {
         while !flag.load(Ordering::Acquire) {
             std::hint::spin_loop();
@@ -441,16 +481,7 @@ mod tests {
         let pending = AtomicU32::new(0);
         let src = pattern(8192, 1);
         let mut dst = vec![0u8; 8192];
-        let s = assisted_read(
-            &slot,
-            &pending,
-            src.as_ptr() as u64,
-            &mut dst,
-            4096,
-            copying,
-            || true,
-        )
-        .unwrap();
+        let s = read_gated(&slot, &pending, &src, &mut dst, None).unwrap();
         assert_eq!(s, AssistStats { mine: 2, helped: 0 });
         assert!(dst == src);
         assert_eq!(slot.claim.load(Ordering::Relaxed) >> 32, 1, "generation 1");
@@ -464,16 +495,7 @@ mod tests {
         let pending = AtomicU32::new(0);
         let src = pattern(10_000, 2);
         let mut dst = vec![0u8; 10_000];
-        assisted_read(
-            &slot,
-            &pending,
-            src.as_ptr() as u64,
-            &mut dst,
-            4096,
-            copying,
-            || true,
-        )
-        .unwrap();
+        read_gated(&slot, &pending, &src, &mut dst, None).unwrap();
         assert!(dst == src);
         assert_eq!(
             slot.claim.load(Ordering::Relaxed),
@@ -518,41 +540,23 @@ mod tests {
         let pending = Arc::new(AtomicU32::new(0));
         let helped = Arc::new(AtomicBool::new(false));
         let helper = {
-            let (slot, pending, helped) = (slot.clone(), pending.clone(), helped.clone());
-            std::thread::spawn(move || {
-                while pending.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
+            let helped = helped.clone();
+            // One run, then a failed one: the receiver takes the rest.
+            let mut once = false;
+            spawn_helper(&slot, &pending, move |s, d, n| {
+                if once {
+                    helped.store(true, Ordering::Release);
+                    return Err(io::Error::from_raw_os_error(libc::EAGAIN));
                 }
-                // One run, then a failed one: the receiver takes the rest.
-                let mut once = false;
-                let r = help(&slot, |s, d, n| {
-                    if once {
-                        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
-                    }
-                    once = true;
-                    copy(s, d, n);
-                    Ok(())
-                });
-                helped.store(true, Ordering::Release);
-                r
+                once = true;
+                copy(s, d, n);
+                Ok(())
             })
         };
         let len = 16 * 4096;
         let src = pattern(len, 5);
         let mut dst = vec![0u8; len];
-        let s = assisted_read(
-            &slot,
-            &pending,
-            src.as_ptr() as u64,
-            &mut dst,
-            4096,
-            |a, buf| {
-                spin_until(&helped);
-                copying(a, buf)
-            },
-            || true,
-        )
-        .unwrap();
+        let s = read_gated(&slot, &pending, &src, &mut dst, Some(&helped)).unwrap();
         // The receiver took chunks 0-7 (half), the helper 8-11 (half of the rest), written,
         // and 12-13, failed and handed back; the receiver then took 14 and 15.
         helper.join().unwrap().unwrap_err();
@@ -598,16 +602,7 @@ mod tests {
             let len = [1, 4096, 65536, 100_003, 1 << 20][i % 5];
             let src = pattern(len, i as u8);
             let mut dst = vec![0u8; len];
-            let s = assisted_read(
-                &slot,
-                &pending,
-                src.as_ptr() as u64,
-                &mut dst,
-                4096,
-                copying,
-                || true,
-            )
-            .unwrap();
+            let s = read_gated(&slot, &pending, &src, &mut dst, None).unwrap();
             assert!(dst == src, "read {i} of {len} bytes differs");
             assert_eq!(s.mine + s.helped, len.div_ceil(4096) as u64);
             total.mine += s.mine;
@@ -628,35 +623,16 @@ mod tests {
         let len = 64 * 1024;
         let src = pattern(len, 9);
         let mut dst = vec![0u8; len];
-        let src_addr = src.as_ptr() as u64;
         // The receiver copies its first chunk only after the helper has failed.
         let failed_once = Arc::new(AtomicBool::new(false));
         let helper = {
-            let (slot, pending, failed_once) = (slot.clone(), pending.clone(), failed_once.clone());
-            std::thread::spawn(move || {
-                while pending.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
-                }
-                let r = help(&slot, |_, _, _| {
-                    Err(io::Error::from_raw_os_error(libc::ESRCH))
-                });
+            let failed_once = failed_once.clone();
+            spawn_helper(&slot, &pending, move |_, _, _| {
                 failed_once.store(true, Ordering::Release);
-                r
+                Err(io::Error::from_raw_os_error(libc::ESRCH))
             })
         };
-        let s = assisted_read(
-            &slot,
-            &pending,
-            src_addr,
-            &mut dst,
-            4096,
-            |a, buf| {
-                spin_until(&failed_once);
-                copying(a, buf)
-            },
-            || true,
-        )
-        .unwrap();
+        let s = read_gated(&slot, &pending, &src, &mut dst, Some(&failed_once)).unwrap();
         let err = helper.join().unwrap().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
         assert_eq!(
@@ -680,40 +656,19 @@ mod tests {
         let claimed = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicBool::new(false));
         let helper = {
-            let (slot, pending, claimed, written) = (
-                slot.clone(),
-                pending.clone(),
-                claimed.clone(),
-                written.clone(),
-            );
-            std::thread::spawn(move || {
-                while pending.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
-                }
-                help(&slot, |s, d, n| {
-                    claimed.store(true, Ordering::Release);
-                    // Longer than a few alive checks of the reader.
-                    std::thread::sleep(ALIVE_CHECK * 5);
-                    copy(s, d, n);
-                    written.store(true, Ordering::Release);
-                    Err(io::Error::from_raw_os_error(libc::EAGAIN)) // one chunk only
-                })
+            let (claimed, written) = (claimed.clone(), written.clone());
+            spawn_helper(&slot, &pending, move |s, d, n| {
+                claimed.store(true, Ordering::Release);
+                // Longer than a few alive checks of the reader.
+                std::thread::sleep(ALIVE_CHECK * 5);
+                copy(s, d, n);
+                written.store(true, Ordering::Release);
+                Err(io::Error::from_raw_os_error(libc::EAGAIN)) // one chunk only
             })
         };
         let src = pattern(8192, 4);
         let mut dst = vec![0u8; 8192];
-        let s = assisted_read(
-            &slot,
-            &pending,
-            src.as_ptr() as u64,
-            &mut dst,
-            4096,
-            |a, buf| {
-                spin_until(&claimed);
-                copying(a, buf)
-            },
-            || true,
-        );
+        let s = read_gated(&slot, &pending, &src, &mut dst, Some(&claimed));
         assert!(
             written.load(Ordering::Acquire),
             "returned before the helper's write"
@@ -734,21 +689,11 @@ mod tests {
         let release = Arc::new(AtomicBool::new(false));
         let claimed = Arc::new(AtomicBool::new(false));
         let helper = {
-            let (slot, pending, release, claimed) = (
-                slot.clone(),
-                pending.clone(),
-                release.clone(),
-                claimed.clone(),
-            );
-            std::thread::spawn(move || {
-                while pending.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
-                }
-                help(&slot, |_, _, _| {
-                    claimed.store(true, Ordering::Release);
-                    spin_until(&release);
-                    Err(io::Error::from_raw_os_error(libc::ESRCH))
-                })
+            let (release, claimed) = (release.clone(), claimed.clone());
+            spawn_helper(&slot, &pending, move |_, _, _| {
+                claimed.store(true, Ordering::Release);
+                spin_until(&release);
+                Err(io::Error::from_raw_os_error(libc::ESRCH))
             })
         };
         let mut dst = vec![0u8; 8192];
@@ -784,22 +729,12 @@ mod tests {
         let claimed = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicBool::new(false));
         let helper = {
-            let (slot, pending, claimed, written) = (
-                slot.clone(),
-                pending.clone(),
-                claimed.clone(),
-                written.clone(),
-            );
-            std::thread::spawn(move || {
-                while pending.load(Ordering::Acquire) == 0 {
-                    std::hint::spin_loop();
-                }
-                help(&slot, |_, _, _| {
-                    claimed.store(true, Ordering::Release);
-                    std::thread::sleep(Duration::from_millis(30));
-                    written.store(true, Ordering::Release);
-                    Err(io::Error::from_raw_os_error(libc::EAGAIN))
-                })
+            let (claimed, written) = (claimed.clone(), written.clone());
+            spawn_helper(&slot, &pending, move |_, _, _| {
+                claimed.store(true, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(30));
+                written.store(true, Ordering::Release);
+                Err(io::Error::from_raw_os_error(libc::EAGAIN))
             })
         };
         let mut dst = vec![0u8; 4 * 4096];
