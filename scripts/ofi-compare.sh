@@ -5,10 +5,11 @@
 #   scripts/ofi-compare.sh [ROUNDS] [PROVIDER...]    (default: 5 rounds, "tcp;ofi_rxm" and shm)
 #
 # fi_pingpong's "usec/xfer" is half a round trip, as osu_latency's figure is. Its "MB/sec" is
-# ping-pong bandwidth (one message in flight); osu_bw keeps a window of 64 in flight, each in
-# its own buffer (safe Rust cannot hand one receive buffer to 64 pending receives as OSU's C
-# code does), so at large sizes it streams 2 x 64 x size bytes of memory per window; the
-# `-W 4` column keeps the buffers in cache as fi_pingpong's one buffer is.
+# ping-pong bandwidth (one message in flight); osu_bw keeps a window of 64 in flight, sent from
+# one buffer as OSU does but each received into its own (safe Rust cannot hand one receive
+# buffer to 64 pending receives as OSU's C code does), so at large sizes it writes 64 x size
+# bytes of memory per window; the `-W 4` column keeps the buffers in cache as fi_pingpong's
+# one buffer is.
 # MB here are 10^6 bytes, as both tools print them. Build first:
 #   cargo build --release --workspace --bins --features oxmpi/ofi
 set -euo pipefail
