@@ -95,9 +95,7 @@ impl AssistSlot {
             _pad2: [0; 5],
         }
     }
-}
 
-impl AssistSlot {
     /// Closes a slot in freshly created (zeroed) shared memory, before any peer can see it.
     pub fn close_new(&self) {
         self.claim.store(CLOSED as u64, Ordering::Relaxed);

@@ -97,8 +97,6 @@ pub struct Shm {
     next_poll: usize,
     short_naps: u8,
     assist: AssistConfig,
-    /// Peers that may ask this rank for help (inbound order, with their pids).
-    helped: Vec<(Rank, i32)>,
     counters: ShmCounters,
 }
 
@@ -160,13 +158,9 @@ impl Shm {
         let oversubscribed = peers.len() + 1 > cores;
         let mut outbound: Vec<Option<Outbound>> = (0..size).map(|_| None).collect();
         let mut inbound = Vec::new();
-        let mut helped = Vec::new();
         for p in peers {
             inbound.push((p.rank, Consumer::new(own.ring(p.rank))));
             let producer = Producer::new(p.segment.ring(rank));
-            if p.cma {
-                helped.push((p.rank, p.pid));
-            }
             outbound[p.rank as usize] = Some(Outbound {
                 producer,
                 segment: p.segment,
@@ -196,19 +190,19 @@ impl Shm {
                     .unwrap_or(ASSIST_CHUNK)
                     .max(4096),
             },
-            helped,
             counters: ShmCounters::default(),
         }
     }
 
     /// Copies chunks of the peers' open assisted reads of this rank's memory.
     fn help_peers(&mut self) {
-        for i in 0..self.helped.len() {
-            let (peer, pid) = self.helped[i];
+        for i in 0..self.inbound.len() {
+            let peer = self.inbound[i].0;
             let out = self.outbound[peer as usize].as_mut().expect("shm peer");
             if !out.helps {
                 continue;
             }
+            let pid = out.pid;
             let slot = self.own.assist(peer);
             match assist::help(slot, |src, dst, len| cma_write(pid, src, dst, len)) {
                 Ok(chunks) => self.counters.chunks_written += chunks,
