@@ -285,16 +285,11 @@ fn big(w: &Communicator, mib: usize) -> Result<(), Error> {
 }
 
 fn secret(w: &Communicator) -> Result<(), Error> {
-    use oxmpi_bootstrap::{auth, JobEnv, KvsClient, Secret};
-    use std::net::TcpStream;
+    use oxmpi_bootstrap::{JobEnv, KvsClient};
     if w.rank() == 0 {
         let env = JobEnv::from_env().expect("launched by oxrun");
         // The key-value service refuses a client that does not hold the secret.
-        let mut s = TcpStream::connect(env.kvs.as_deref().unwrap()).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let r = auth::client_handshake(&mut s, &Secret::random(), 0);
-        assert!(r.is_err(), "KVS accepted a client without the secret");
+        refused_without_the_secret(env.kvs.as_deref().unwrap(), "the key-value service");
         // So does a rank's TCP listener, if this job has one.
         let mut kvs = KvsClient::connect(&env).unwrap();
         let card = kvs.get(&format!("card-{}", n_minus_one(w))).unwrap();
@@ -303,11 +298,7 @@ fn secret(w: &Communicator) -> Result<(), Error> {
             .find_map(|kv| kv.strip_prefix("tcp="))
             .filter(|a| *a != "-")
         {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-                .unwrap();
-            let r = auth::client_handshake(&mut s, &Secret::random(), 0);
-            assert!(r.is_err(), "a rank accepted a client without the secret");
+            refused_without_the_secret(addr, "a rank's listener");
             println!(
                 "refused as expected by the listener of rank {}",
                 n_minus_one(w)
@@ -317,6 +308,28 @@ fn secret(w: &Communicator) -> Result<(), Error> {
     }
     // The job goes on undisturbed.
     invalid(w)
+}
+
+/// Connects to `addr` with a wrong secret and checks the handshake fails. Then waits for the
+/// server to close the connection: the client gives up first (the server's proof does not
+/// match), and the server logs its refusal only once our missing proof ends in EOF, so a job
+/// ending at once could otherwise take the log line with it.
+fn refused_without_the_secret(addr: &str, who: &str) {
+    use oxmpi_bootstrap::{auth, Secret};
+    use std::io::Read;
+    use std::net::{Shutdown, TcpStream};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let r = auth::client_handshake(&mut s, &Secret::random(), 0);
+    assert!(r.is_err(), "{who} accepted a client without the secret");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let closed = s.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "{who} did not close a refused connection: {closed:?}"
+    );
 }
 
 fn n_minus_one(w: &Communicator) -> u32 {

@@ -239,18 +239,7 @@ fn run(args: Args) -> i32 {
     let mut code = 0;
     loop {
         while let Ok(ev) = kvs.events().try_recv() {
-            match ev {
-                KvsEvent::Connected(r) => connected[r as usize] = true,
-                KvsEvent::Refused { peer, why } => {
-                    eprintln!(
-                        "oxrun: refused a connection to the key-value service from {peer}: {why}"
-                    )
-                }
-                KvsEvent::Abort { rank, code: c, msg } => {
-                    eprintln!("oxrun: rank {rank} called abort with code {c} ({msg}); terminating the job");
-                    code = if c == 0 { 1 } else { c };
-                }
-            }
+            report(ev, &mut connected, &mut code);
         }
         let pending: Vec<i32> = signals
             .as_mut()
@@ -299,6 +288,10 @@ fn run(args: Args) -> i32 {
         std::thread::sleep(Duration::from_millis(2));
     }
     terminate(&mut ranks);
+    // Refusals (or aborts) the service saw just before the ranks ended are still reported.
+    while let Ok(ev) = kvs.events().try_recv() {
+        report(ev, &mut connected, &mut code);
+    }
     // Drain the ranks' last output; a pipe kept open by a stray grandchild is not waited for.
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline && !pumps.iter().all(JoinHandle::is_finished) {
@@ -309,6 +302,22 @@ fn run(args: Args) -> i32 {
     }
     cleanup_segments(&job);
     code
+}
+
+/// Prints what the key-value service saw and folds an abort into the job's exit `code`.
+fn report(ev: KvsEvent, connected: &mut [bool], code: &mut i32) {
+    match ev {
+        KvsEvent::Connected(r) => connected[r as usize] = true,
+        KvsEvent::Refused { peer, why } => {
+            eprintln!("oxrun: refused a connection to the key-value service from {peer}: {why}")
+        }
+        KvsEvent::Abort { rank, code: c, msg } => {
+            eprintln!("oxrun: rank {rank} called abort with code {c} ({msg}); terminating the job");
+            if *code == 0 {
+                *code = if c == 0 { 1 } else { c };
+            }
+        }
+    }
 }
 
 /// Runs `oxmpi-fabric-info` (built with the fabric crate, next to `oxrun`) and returns its exit
