@@ -1,5 +1,7 @@
-/* The libfabric API oxmpi binds: the headers, plus the shim's out-of-line versions of the
- * static inline calls (fi_endpoint, fi_send, fi_cq_read, ...), which bindgen cannot bind. */
+/* The libfabric API oxmpi binds: the headers' types and constants, the shim's loader and its
+ * forwarders to the library's exported calls (resolved at run time), and out-of-line versions
+ * of the static inline calls (fi_endpoint, fi_send, fi_cq_read, ...), which bindgen cannot
+ * bind. */
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
@@ -8,7 +10,23 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+/* The shared library loaded at run time, by its soname. */
+#define OXMPI_FI_LIBRARY "libfabric.so.1"
+
+/* Loads the library once (thread-safe): 0 on success, -1 with the reason in
+ * oxmpi_fi_load_error(). Every forwarder below loads it first if needed. */
+int oxmpi_fi_load(void);
+const char *oxmpi_fi_load_error(void);
+
+/* The exported calls; without the library they return -FI_ENOSYS, NULL, 0 or a message. */
+int oxmpi_fi_getinfo(uint32_t version, const char *node, const char *service, uint64_t flags,
+                     const struct fi_info *hints, struct fi_info **info);
+void oxmpi_fi_freeinfo(struct fi_info *info);
+const char *oxmpi_fi_strerror(int errnum);
+uint32_t oxmpi_fi_version(void);
 int oxmpi_fi_fabric(struct fi_fabric_attr *attr, struct fid_fabric **fabric);
+
+/* The static inline calls, out of line. */
 int oxmpi_fi_domain(struct fid_fabric *fabric, struct fi_info *info, struct fid_domain **domain);
 int oxmpi_fi_endpoint(struct fid_domain *domain, struct fi_info *info, struct fid_ep **ep);
 int oxmpi_fi_cq_open(struct fid_domain *domain, struct fi_cq_attr *attr, struct fid_cq **cq);

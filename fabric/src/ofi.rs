@@ -1,6 +1,9 @@
 //! The libfabric backend (cargo feature `ofi`): one RDM endpoint per rank, reaching every peer
 //! through an address vector filled from the bootstrap exchange.
 //!
+//! - **Loading.** libfabric is loaded (`dlopen`, in `oxmpi-ofi-sys`) when a rank first opens or
+//!   probes this fabric; a build with the feature runs without the library, and this fabric
+//!   then says it cannot be loaded.
 //! - **Negotiation.** [`Ofi::open`] asks `fi_getinfo` for a reliable-datagram endpoint with
 //!   messages and remote reads (`FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ`), send-after-send
 //!   order, and the memory-registration modes this backend handles (`FI_MR_LOCAL`,
@@ -75,6 +78,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const ADDR_NONE: fi::fi_addr_t = u64::MAX;
 /// The libfabric API version these bindings ask for.
 const API_VERSION: u32 = fi::make_version(1, 11);
+
+/// Loads libfabric (at the first use of the `ofi` fabric), or says why it cannot be loaded.
+fn library() -> Result<(), String> {
+    fi::load().map_err(|e| {
+        format!(
+            "libfabric could not be loaded ({e}); install it: `apt-get install libfabric1` on \
+             Debian/Ubuntu, `dnf install libfabric` on Fedora/RHEL"
+        )
+    })
+}
 
 /// A libfabric call's negative return as a readable message.
 fn fi_error(ret: i64, what: &str) -> String {
@@ -310,6 +323,7 @@ fn core_name(name: &str) -> &str {
 /// The provider `auto` would use between nodes: `OXMPI_OFI_PROVIDER` if set and usable, else
 /// the first provider that is not a software one. The error says why there is none.
 pub fn network_provider(config: &OfiConfig) -> Result<String, String> {
+    library()?;
     let want = fi::FI_MSG as u64;
     let list = getinfo(
         config.provider.as_deref(),
@@ -569,6 +583,7 @@ impl Ofi {
     /// Opens an endpoint as `config` asks. The returned address goes to the peers through
     /// the bootstrap exchange; [`Ofi::connect`] then takes theirs.
     pub fn open(rank: Rank, size: u32, config: &OfiConfig) -> Result<Self, FabricError> {
+        library().map_err(FabricError::Setup)?;
         let want_rma = (fi::FI_MSG | fi::FI_RMA | fi::FI_READ | fi::FI_REMOTE_READ) as u64;
         let want_msg = fi::FI_MSG as u64;
         let provider = config.provider.as_deref();

@@ -3,8 +3,9 @@
 //! `oxrun` exits 0.
 //!
 //! Usage: `oxrun -n N suite SCENARIO...` with scenarios `flood`, `wildcard`, `zero_self`,
-//! `sizes`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `exit3`, or `all` (every
-//! checking scenario).
+//! `sizes`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `libraries` (prints whether
+//! libfabric is loaded), the failures `exit3`, `die_in_copy`, `sigabrt` and `abort`, or `all`
+//! (every checking scenario).
 
 use oxmpi::{Communicator, Error, ANY_SOURCE, ANY_TAG};
 
@@ -383,6 +384,26 @@ fn main() -> Result<(), Error> {
                     let _ = w.recv_into(&mut buf[..], last, 9);
                 }
                 let _ = w.recv_vec::<u8>(last, 0);
+            }
+            "sigabrt" => {
+                // The last rank dies of SIGABRT, as a failed C assertion or a Rust
+                // `process::abort` would: oxrun must name the signal.
+                w.barrier()?;
+                if w.rank() == w.size() - 1 {
+                    std::process::abort();
+                }
+                let _ = w.recv_vec::<u8>(w.size() - 1, 0);
+            }
+            "libraries" => {
+                // Whether this rank has libfabric mapped: only ranks using the ofi fabric should.
+                let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+                let loaded = maps.contains("libfabric.so");
+                println!(
+                    "rank {}: libfabric loaded: {}",
+                    w.rank(),
+                    if loaded { "yes" } else { "no" }
+                );
+                w.barrier()?;
             }
             "abort" => {
                 if w.rank() == 0 {

@@ -386,6 +386,49 @@ fn abort_brings_the_job_down_with_its_code() {
     );
 }
 
+/// A rank killed by a signal is reported with that signal in every build. (Until libfabric was
+/// loaded only for the `ofi` fabric, a build with the feature loaded Debian's PSM2 provider
+/// libraries in every rank, and their handler turned SIGABRT into "exited with code 1".)
+#[test]
+fn a_rank_killed_by_sigabrt_is_named_with_its_signal() {
+    for fabric in ["shm", "tcp"] {
+        let out = oxrun(3, fabric, &["sigabrt"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(134), "over {fabric}: {stderr}");
+        assert!(stderr.contains("oxrun: rank 2 (pid"), "{stderr}");
+        assert!(stderr.contains("killed by signal SIGABRT"), "{stderr}");
+    }
+}
+
+/// Ranks load libfabric only when they use the `ofi` fabric.
+#[test]
+fn libfabric_is_loaded_only_by_ranks_using_ofi() {
+    let loaded = |out: &Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let answers: Vec<bool> = stdout
+            .lines()
+            .filter_map(|l| l.split_once("libfabric loaded: ").map(|(_, a)| a == "yes"))
+            .collect();
+        assert_eq!(answers.len(), 2, "{stdout}");
+        answers
+    };
+    for fabric in ["shm", "tcp", "auto"] {
+        let out = oxrun(2, fabric, &["libraries"]);
+        check(&out, &format!("libraries over {fabric}"));
+        assert_eq!(loaded(&out), [false, false], "over {fabric}");
+    }
+    #[cfg(feature = "ofi")]
+    {
+        let out = oxrun_env(
+            2,
+            &[("OXMPI_FABRIC", "ofi"), ("OXMPI_OFI_PROVIDER", "shm")],
+            &["libraries"],
+        );
+        check(&out, "libraries over ofi");
+        assert_eq!(loaded(&out), [true, true], "over ofi");
+    }
+}
+
 #[test]
 fn singleton_start_without_oxrun() {
     let out = Command::new(bin("examples/suite"))
