@@ -1,10 +1,11 @@
 //! End-to-end collective checks, run by `tests/oxrun_coll.rs` through `oxrun` over shared
 //! memory and TCP: every collective, forced to each of its algorithms in turn, with counts
 //! including 0 and non-multiples of the rank count, every result checked against what it must
-//! be; then concurrent nonblocking collectives on overlapping communicators.
+//! be; then concurrent nonblocking collectives on overlapping communicators, and persistent
+//! ones on large buffers.
 //!
-//! Usage: `coll_suite [SECTION...]` with sections `algorithms`, `concurrent`, `env`
-//! (default: the first two). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
+//! Usage: `coll_suite [SECTION...]` with sections `algorithms`, `concurrent`, `persistent`,
+//! `env` (default: the first three). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
 
 use oxmpi::{Communicator, Error, Op, UserOp};
 use oxmpi_collectives::registry::{algorithms, Coll};
@@ -294,6 +295,75 @@ fn concurrent_section(w: &Communicator) -> R<usize> {
     Ok(checks)
 }
 
+/// Persistent collectives on large buffers (past the eager limit, so the rendezvous paths
+/// run), several started on one scope at once, each run against its blocking form.
+fn persistent_section(w: &Communicator) -> R<usize> {
+    let (me, p) = (w.rank(), w.size() as usize);
+    let n = 40_000;
+    let root = w.size() - 1;
+    let input = |round: u32, len: usize| -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| val(me, i as usize) + round)
+            .collect()
+    };
+    // alltoallv: rank d gets n + d elements from every rank, at a stride of 2n + p.
+    let counts: Vec<usize> = (0..p).map(|d| n + d).collect();
+    let sdispl: Vec<usize> = (0..p).map(|d| d * (2 * n + p)).collect();
+    let rcounts = vec![n + me as usize; p];
+    let rdispl: Vec<usize> = (0..p).map(|s| s * (n + me as usize)).collect();
+    let (slen, rlen) = (p * (2 * n + p), p * (n + me as usize));
+    // gatherv: rank r sends n + r elements, packed in rank order at the root.
+    let gdispl: Vec<usize> = (0..p)
+        .map(|r| r * n + r * (r.saturating_sub(1)) / 2)
+        .collect();
+    let glen = if me == root {
+        p * n + p * (p - 1) / 2
+    } else {
+        0
+    };
+
+    let allreduce = w.allreduce_init::<u32, _>(n, Op::Sum)?;
+    let alltoallv = w.alltoallv_init::<u32>(&counts, &sdispl, &rcounts, &rdispl)?;
+    let gatherv = w.gatherv_init::<u32>(n + me as usize, &counts, &gdispl, root)?;
+    let scan = w.scan_init::<u32, _>(n, Op::Sum)?;
+    let mut checks = 0;
+    for round in 0..5 {
+        let (a, b, c, d) = (
+            input(round, n),
+            input(round, slen),
+            input(round, n + me as usize),
+            input(round, n),
+        );
+        let (mut ra, mut rb, mut rc, mut rd) =
+            (vec![0; n], vec![0; rlen], vec![0; glen], vec![0; n]);
+        w.scope(|s| -> R {
+            let x = s.start_persistent(&allreduce, &a, &mut ra)?;
+            let y = s.start_persistent(&alltoallv, &b, &mut rb)?;
+            let z = s.start_persistent(&gatherv, &c, &mut rc)?;
+            scan.run(&d, &mut rd)?;
+            z.wait()?;
+            x.wait()?;
+            y.wait()
+        })?;
+        let (mut wa, mut wb, mut wc, mut wd) =
+            (vec![0; n], vec![0; rlen], vec![0; glen], vec![0; n]);
+        w.allreduce(&a, &mut wa, Op::Sum)?;
+        w.alltoallv(&b, &counts, &sdispl, &mut wb, &rcounts, &rdispl)?;
+        w.gatherv(&c, &mut wc, &counts, &gdispl, root)?;
+        w.scan(&d, &mut wd, Op::Sum)?;
+        check(ra == wa, || format!("persistent allreduce round {round}"));
+        check(rb == wb, || format!("persistent alltoallv round {round}"));
+        check(rc == wc, || format!("persistent gatherv round {round}"));
+        check(rd == wd, || format!("persistent scan round {round}"));
+        let sum0: u32 = (0..w.size()).map(|r| val(r, 0) + round).sum();
+        check(ra[0] == sum0, || {
+            format!("persistent allreduce value, round {round}")
+        });
+        checks += 5;
+    }
+    Ok(checks)
+}
+
 /// The algorithm forced by `OXMPI_COLL_ALLREDUCE` is used; `OXMPI_COLL_BCAST=nope` errors.
 fn env_section(w: &Communicator) -> R<usize> {
     let forced = std::env::var("OXMPI_COLL_ALLREDUCE").unwrap_or_default();
@@ -319,7 +389,7 @@ fn main() -> R {
     let w = u.world();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sections: Vec<&str> = if args.is_empty() {
-        vec!["algorithms", "concurrent"]
+        vec!["algorithms", "concurrent", "persistent"]
     } else {
         args.iter().map(String::as_str).collect()
     };
@@ -327,6 +397,7 @@ fn main() -> R {
         let n = match s {
             "algorithms" => algorithms_section(&w)?,
             "concurrent" => concurrent_section(&w)?,
+            "persistent" => persistent_section(&w)?,
             "env" => env_section(&w)?,
             other => {
                 eprintln!("coll_suite: unknown section {other}");

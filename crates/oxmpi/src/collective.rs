@@ -1,5 +1,5 @@
-//! Collective operations on [`Pod`] buffers (MPI chapter 6): blocking, nonblocking (on a
-//! [`Scope`]) and persistent ([`Persistent`]), all running the schedules of
+//! Collective operations on [`Pod`] buffers (MPI chapter 6): blocking and nonblocking (on a
+//! [`Scope`]); the persistent forms are in `persistent.rs`. All run the schedules of
 //! `oxmpi-collectives` through one executor.
 //!
 //! Each call describes itself as a [`Spec`] (sizes in bytes), the communicator picks the
@@ -180,13 +180,70 @@ impl Drop for CollRequest<'_> {
 
 /// One collective call: what it is, its buffers as bytes, its reduction.
 pub(crate) struct Call<'a> {
-    spec: Spec,
-    send: &'a [u8],
-    recv: &'a mut [u8],
-    kernel: Option<Rc<dyn Kernel>>,
+    pub(crate) spec: Spec,
+    pub(crate) send: &'a [u8],
+    pub(crate) recv: &'a mut [u8],
+    pub(crate) kernel: Option<Rc<dyn Kernel>>,
 }
 
-fn len_check(
+/// A send-buffer argument of a call builder: the caller's buffer, or, for a persistent plan
+/// made before there is one, only its length ([`Len`]).
+pub(crate) trait SendArg<'a, T> {
+    /// Length in elements.
+    fn len(&self) -> usize;
+    /// The buffer's bytes (empty for a bare length).
+    fn bytes(&self) -> &'a [u8];
+}
+
+/// A receive-buffer argument of a call builder (see [`SendArg`]).
+pub(crate) trait RecvArg<'a, T> {
+    /// Length in elements.
+    fn len(&self) -> usize;
+    /// The buffer's bytes (empty for a bare length).
+    fn into_bytes(self) -> &'a mut [u8];
+}
+
+impl<'a, T: Pod> SendArg<'a, T> for &'a [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn bytes(&self) -> &'a [u8] {
+        bytes(self)
+    }
+}
+
+impl<'a, T: Pod> RecvArg<'a, T> for &'a mut [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn into_bytes(self) -> &'a mut [u8] {
+        bytes_mut(self)
+    }
+}
+
+/// A buffer's length without the buffer: what a persistent plan is built from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Len(pub(crate) usize);
+
+impl<'a, T> SendArg<'a, T> for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn bytes(&self) -> &'a [u8] {
+        &[]
+    }
+}
+
+impl<'a, T> RecvArg<'a, T> for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn into_bytes(self) -> &'a mut [u8] {
+        &mut []
+    }
+}
+
+pub(crate) fn len_check(
     what: &'static str,
     buffer: &'static str,
     got: usize,
@@ -203,11 +260,11 @@ fn len_check(
     Ok(())
 }
 
-fn bytes<T: Pod>(v: &[T]) -> &[u8] {
+pub(crate) fn bytes<T: Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-fn bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
+pub(crate) fn bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
     bytemuck::cast_slice_mut(v)
 }
 
@@ -223,11 +280,11 @@ fn layout<T>(
     len_check(what, "counts", counts.len(), size as usize)?;
     len_check(what, "displacements", displs.len(), size as usize)?;
     for (c, d) in counts.iter().zip(displs) {
-        if d + c > buf_len {
+        if d.saturating_add(*c) > buf_len {
             return Err(Error::BufferSize {
                 what,
                 buffer: "buffer (count + displacement)",
-                expected: d + c,
+                expected: d.saturating_add(*c),
                 got: buf_len,
             });
         }
@@ -273,26 +330,25 @@ impl Communicator {
 
     pub(crate) fn call_bcast<'a, T: Pod>(
         &self,
-        buf: &'a mut [T],
+        buf: impl RecvArg<'a, T>,
         root: u32,
     ) -> Result<Call<'a>, Error> {
         self.check_root(root)?;
-        let recv = bytes_mut(buf);
         Ok(Call {
             spec: Spec::Bcast {
                 root,
-                bytes: recv.len(),
+                bytes: buf.len() * std::mem::size_of::<T>(),
             },
             send: &[],
-            recv,
+            recv: buf.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_reduce<'a, T: Pod, O: ReduceOp<T>>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         op: O,
         root: u32,
     ) -> Result<Call<'a>, Error> {
@@ -305,47 +361,47 @@ impl Communicator {
         Ok(Call {
             spec: Spec::Reduce {
                 root,
-                bytes: std::mem::size_of_val(send),
+                bytes: send.len() * std::mem::size_of::<T>(),
                 elem: e,
                 commutative: op.is_commutative(),
             },
-            send: bytes(send),
-            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            send: send.bytes(),
+            recv: if at_root { recv.into_bytes() } else { &mut [] },
             kernel: Some(self.kernel(op)?),
         })
     }
 
     pub(crate) fn call_allreduce<'a, T: Pod, O: ReduceOp<T>>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         op: O,
     ) -> Result<Call<'a>, Error> {
         len_check("allreduce", "receive", recv.len(), send.len())?;
         let e = std::mem::size_of::<T>();
         Ok(Call {
             spec: Spec::Allreduce {
-                bytes: std::mem::size_of_val(send),
+                bytes: send.len() * std::mem::size_of::<T>(),
                 elem: e,
                 commutative: op.is_commutative(),
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: Some(self.kernel(op)?),
         })
     }
 
     pub(crate) fn call_scan<'a, T: Pod, O: ReduceOp<T>>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         op: O,
         exclusive: bool,
     ) -> Result<Call<'a>, Error> {
         let what = if exclusive { "exscan" } else { "scan" };
         len_check(what, "receive", recv.len(), send.len())?;
         let e = std::mem::size_of::<T>();
-        let (bytes_n, commutative) = (std::mem::size_of_val(send), op.is_commutative());
+        let (bytes_n, commutative) = (send.len() * std::mem::size_of::<T>(), op.is_commutative());
         Ok(Call {
             spec: if exclusive {
                 Spec::Exscan {
@@ -360,16 +416,16 @@ impl Communicator {
                     commutative,
                 }
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: Some(self.kernel(op)?),
         })
     }
 
     pub(crate) fn call_gather<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         root: u32,
     ) -> Result<Call<'a>, Error> {
         self.check_root(root)?;
@@ -385,18 +441,18 @@ impl Communicator {
         Ok(Call {
             spec: Spec::Gather {
                 root,
-                block: bytes(send).len(),
+                block: send.len() * std::mem::size_of::<T>(),
             },
-            send: bytes(send),
-            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            send: send.bytes(),
+            recv: if at_root { recv.into_bytes() } else { &mut [] },
             kernel: None,
         })
     }
 
     pub(crate) fn call_gatherv<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         counts: &[usize],
         displs: &[usize],
         root: u32,
@@ -418,19 +474,19 @@ impl Communicator {
         Ok(Call {
             spec: Spec::Gatherv {
                 root,
-                send: bytes(send).len(),
+                send: send.len() * std::mem::size_of::<T>(),
                 recv: recv_layout,
             },
-            send: bytes(send),
-            recv: if at_root { bytes_mut(recv) } else { &mut [] },
+            send: send.bytes(),
+            recv: if at_root { recv.into_bytes() } else { &mut [] },
             kernel: None,
         })
     }
 
     pub(crate) fn call_scatter<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         root: u32,
     ) -> Result<Call<'a>, Error> {
         self.check_root(root)?;
@@ -446,20 +502,20 @@ impl Communicator {
         Ok(Call {
             spec: Spec::Scatter {
                 root,
-                block: bytes(recv).len(),
+                block: recv.len() * std::mem::size_of::<T>(),
             },
-            send: if at_root { bytes(send) } else { &[] },
-            recv: bytes_mut(recv),
+            send: if at_root { send.bytes() } else { &[] },
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_scatterv<'a, T: Pod>(
         &self,
-        send: &'a [T],
+        send: impl SendArg<'a, T>,
         counts: &[usize],
         displs: &[usize],
-        recv: &'a mut [T],
+        recv: impl RecvArg<'a, T>,
         root: u32,
     ) -> Result<Call<'a>, Error> {
         self.check_root(root)?;
@@ -480,18 +536,18 @@ impl Communicator {
             spec: Spec::Scatterv {
                 root,
                 send: send_layout,
-                recv: bytes(recv).len(),
+                recv: recv.len() * std::mem::size_of::<T>(),
             },
-            send: if at_root { bytes(send) } else { &[] },
-            recv: bytes_mut(recv),
+            send: if at_root { send.bytes() } else { &[] },
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_allgather<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
     ) -> Result<Call<'a>, Error> {
         len_check(
             "allgather",
@@ -501,18 +557,18 @@ impl Communicator {
         )?;
         Ok(Call {
             spec: Spec::Allgather {
-                block: bytes(send).len(),
+                block: send.len() * std::mem::size_of::<T>(),
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_allgatherv<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         counts: &[usize],
         displs: &[usize],
     ) -> Result<Call<'a>, Error> {
@@ -525,19 +581,19 @@ impl Communicator {
         )?;
         Ok(Call {
             spec: Spec::Allgatherv {
-                send: bytes(send).len(),
+                send: send.len() * std::mem::size_of::<T>(),
                 recv: l,
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_alltoall<'a, T: Pod>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
     ) -> Result<Call<'a>, Error> {
         let p = self.size() as usize;
         len_check("alltoall", "receive", recv.len(), send.len())?;
@@ -551,10 +607,10 @@ impl Communicator {
         }
         Ok(Call {
             spec: Spec::Alltoall {
-                block: bytes(send).len() / p,
+                block: send.len() * std::mem::size_of::<T>() / p,
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
@@ -562,10 +618,10 @@ impl Communicator {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn call_alltoallv<'a, T: Pod>(
         &self,
-        send: &'a [T],
+        send: impl SendArg<'a, T>,
         send_counts: &[usize],
         send_displs: &[usize],
-        recv: &'a mut [T],
+        recv: impl RecvArg<'a, T>,
         recv_counts: &[usize],
         recv_displs: &[usize],
     ) -> Result<Call<'a>, Error> {
@@ -585,16 +641,16 @@ impl Communicator {
         )?;
         Ok(Call {
             spec: Spec::Alltoallv { send: s, recv: r },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: None,
         })
     }
 
     pub(crate) fn call_reduce_scatter_block<'a, T: Pod, O: ReduceOp<T>>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         op: O,
     ) -> Result<Call<'a>, Error> {
         len_check(
@@ -606,20 +662,20 @@ impl Communicator {
         let e = std::mem::size_of::<T>();
         Ok(Call {
             spec: Spec::ReduceScatterBlock {
-                block: std::mem::size_of_val(recv),
+                block: recv.len() * std::mem::size_of::<T>(),
                 elem: e,
                 commutative: op.is_commutative(),
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: Some(self.kernel(op)?),
         })
     }
 
     pub(crate) fn call_reduce_scatter<'a, T: Pod, O: ReduceOp<T>>(
         &self,
-        send: &'a [T],
-        recv: &'a mut [T],
+        send: impl SendArg<'a, T>,
+        recv: impl RecvArg<'a, T>,
         counts: &[usize],
         op: O,
     ) -> Result<Call<'a>, Error> {
@@ -629,7 +685,8 @@ impl Communicator {
             counts.len(),
             self.size() as usize,
         )?;
-        len_check("reduce_scatter", "send", send.len(), counts.iter().sum())?;
+        let total = counts.iter().fold(0usize, |a, c| a.saturating_add(*c));
+        len_check("reduce_scatter", "send", send.len(), total)?;
         len_check(
             "reduce_scatter",
             "receive",
@@ -643,8 +700,8 @@ impl Communicator {
                 elem: e,
                 commutative: op.is_commutative(),
             },
-            send: bytes(send),
-            recv: bytes_mut(recv),
+            send: send.bytes(),
+            recv: recv.into_bytes(),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -713,7 +770,7 @@ impl Communicator {
         }
     }
 
-    fn new_run(
+    pub(crate) fn new_run(
         &self,
         sched: Rc<Schedule>,
         coll: Coll,
@@ -728,7 +785,7 @@ impl Communicator {
 
     /// Runs `run` to completion. A round's single small receive is taken straight from the
     /// arriving frames (as `recv_into` does), without a request.
-    fn drive(&self, mut run: Run) -> Result<(), Error> {
+    pub(crate) fn drive(&self, mut run: Run) -> Result<(), Error> {
         run.allow_direct();
         let finished = {
             let mut p = self.state.progress();
@@ -1147,7 +1204,13 @@ impl<'s> Scope<'s, '_> {
         let coll = call.spec.coll();
         let send = self.lender().lend_region(call.send);
         let recv = self.lender().lend_region_mut(call.recv);
-        let run = c.new_run(sched, coll, send, recv, call.kernel);
+        Ok(self.start_run(c.new_run(sched, coll, send, recv, call.kernel)))
+    }
+
+    /// Hands `run` (on buffers lent for this scope) to the progress engine, advanced by every
+    /// progress pass from now on.
+    pub(crate) fn start_run(&self, run: Run) -> CollRequest<'s> {
+        let c = self.comm();
         let id = {
             let mut p = c.state.progress();
             let p = &mut *p;
@@ -1155,12 +1218,12 @@ impl<'s> Scope<'s, '_> {
             p.colls.advance_all(&mut p.engine, &mut p.fabric);
             id
         };
-        Ok(CollRequest {
+        CollRequest {
             comm: c.clone(),
             id,
             active: true,
             _scope: PhantomData,
-        })
+        }
     }
 
     /// `MPI_Ibarrier`.
@@ -1330,150 +1393,5 @@ impl<'s> Scope<'s, '_> {
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
         self.start(self.comm().call_reduce_scatter(send, recv, counts, op)?)
-    }
-
-    /// Starts a persistent collective (`MPI_Start`) on buffers of the lengths it was made for.
-    pub fn start_persistent<T: Pod>(
-        &self,
-        plan: &Persistent<T>,
-        send: &'s [T],
-        recv: &'s mut [T],
-    ) -> Result<CollRequest<'s>, Error> {
-        plan.check(send, recv)?;
-        let c = self.comm();
-        let run = c.new_run(
-            plan.sched.clone(),
-            plan.spec.coll(),
-            self.lender().lend_region(bytes(send)),
-            self.lender().lend_region_mut(bytes_mut(recv)),
-            plan.kernel.clone(),
-        );
-        let id = {
-            let mut p = c.state.progress();
-            let p = &mut *p;
-            let id = p.colls.insert(run);
-            p.colls.advance_all(&mut p.engine, &mut p.fabric);
-            id
-        };
-        Ok(CollRequest {
-            comm: c.clone(),
-            id,
-            active: true,
-            _scope: PhantomData,
-        })
-    }
-}
-
-/// A persistent collective (`MPI_Allreduce_init` and friends): arguments checked, algorithm
-/// chosen and schedule built once; each [`run`](Self::run) or
-/// [`Scope::start_persistent`] executes it on buffers of the same lengths.
-pub struct Persistent<T> {
-    comm: Communicator,
-    spec: Spec,
-    sched: Rc<Schedule>,
-    kernel: Option<Rc<dyn Kernel>>,
-    send_len: usize,
-    recv_len: usize,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T> std::fmt::Debug for Persistent<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Persistent({:?})", self.spec.coll())
-    }
-}
-
-impl<T: Pod> Persistent<T> {
-    fn new(
-        comm: &Communicator,
-        call: Call<'_>,
-        send_len: usize,
-        recv_len: usize,
-    ) -> Result<Self, Error> {
-        let sched = comm.schedule(&call.spec)?;
-        Ok(Self {
-            comm: comm.clone(),
-            spec: call.spec,
-            sched,
-            kernel: call.kernel,
-            send_len,
-            recv_len,
-            _t: PhantomData,
-        })
-    }
-
-    fn check(&self, send: &[T], recv: &[T]) -> Result<(), Error> {
-        let what = "persistent collective";
-        len_check(what, "send", send.len(), self.send_len)?;
-        len_check(what, "receive", recv.len(), self.recv_len)
-    }
-
-    /// Runs the collective once and waits for it.
-    pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
-        self.check(send, recv)?;
-        let c = &self.comm;
-        lend_scope(
-            |l| {
-                let run = c.new_run(
-                    self.sched.clone(),
-                    self.spec.coll(),
-                    l.lend_region(bytes(send)),
-                    l.lend_region_mut(bytes_mut(recv)),
-                    self.kernel.clone(),
-                );
-                c.drive(run)
-            },
-            |done| c.state.wait_until(|_| done()),
-        )
-    }
-}
-
-/// Persistent collectives (MPI-4 `MPI_*_init`): made from element counts, run many times.
-impl Communicator {
-    /// `MPI_Barrier_init`: run with empty buffers.
-    pub fn barrier_init(&self) -> Result<Persistent<u8>, Error> {
-        Persistent::new(self, self.call_barrier(), 0, 0)
-    }
-
-    /// `MPI_Bcast_init` for `count` elements: run with an empty `send` and the buffer as `recv`.
-    pub fn bcast_init<T: Pod>(&self, count: usize, root: u32) -> Result<Persistent<T>, Error> {
-        let mut v = vec![T::zeroed(); count];
-        Persistent::new(self, self.call_bcast(&mut v, root)?, 0, count)
-    }
-
-    /// `MPI_Allreduce_init` for `count` elements.
-    pub fn allreduce_init<T: Pod, O: ReduceOp<T>>(
-        &self,
-        count: usize,
-        op: O,
-    ) -> Result<Persistent<T>, Error> {
-        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count]);
-        Persistent::new(self, self.call_allreduce(&s, &mut r, op)?, count, count)
-    }
-
-    /// `MPI_Reduce_init` for `count` elements (`recv` of `count` at the root, empty elsewhere).
-    pub fn reduce_init<T: Pod, O: ReduceOp<T>>(
-        &self,
-        count: usize,
-        op: O,
-        root: u32,
-    ) -> Result<Persistent<T>, Error> {
-        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count]);
-        let recv = if self.rank() == root { count } else { 0 };
-        Persistent::new(self, self.call_reduce(&s, &mut r, op, root)?, count, recv)
-    }
-
-    /// `MPI_Allgather_init` for blocks of `count` elements.
-    pub fn allgather_init<T: Pod>(&self, count: usize) -> Result<Persistent<T>, Error> {
-        let p = self.size() as usize;
-        let (s, mut r) = (vec![T::zeroed(); count], vec![T::zeroed(); count * p]);
-        Persistent::new(self, self.call_allgather(&s, &mut r)?, count, count * p)
-    }
-
-    /// `MPI_Alltoall_init` for blocks of `count` elements.
-    pub fn alltoall_init<T: Pod>(&self, count: usize) -> Result<Persistent<T>, Error> {
-        let n = count * self.size() as usize;
-        let (s, mut r) = (vec![T::zeroed(); n], vec![T::zeroed(); n]);
-        Persistent::new(self, self.call_alltoall(&s, &mut r)?, n, n)
     }
 }

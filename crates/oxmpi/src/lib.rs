@@ -26,18 +26,20 @@ mod comm;
 mod comm_create;
 mod error;
 mod group;
+mod persistent;
 mod progress;
 mod request;
 mod status;
 
 pub use cart::{dims_create, CartComm};
-pub use collective::{CollRequest, Persistent};
+pub use collective::CollRequest;
 pub use comm::Communicator;
 pub use comm_create::InterComm;
 pub use error::Error;
 pub use group::{Group, GroupRelation};
 pub use oxmpi_collectives::ops::{LocF32, LocF64, LocI32, LocI64, LocU32, LocU64};
 pub use oxmpi_collectives::{Loc, Op, ReduceOp, Reducible, UserOp};
+pub use persistent::Persistent;
 pub use request::{test_all, wait_all, wait_any, ObjRecv, Request, Scope};
 pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 

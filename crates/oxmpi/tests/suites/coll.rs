@@ -193,6 +193,233 @@ fn nonblocking_and_persistent_collectives_overlap() {
     });
 }
 
+/// Every persistent form (`*_init`) gives what its blocking form gives, run after run with
+/// new inputs, blocking and started on a scope (two plans in flight at once), on 1, 2, 3 and
+/// 5 ranks; wrong buffer lengths are refused and leave the plan usable.
+#[test]
+fn persistent_form_of_every_collective() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size() as usize);
+            let root = p as u32 - 1;
+            let at_root = |len: usize| if me == root { len } else { 0 };
+            let input = |round: u32, len: usize| -> Vec<u32> {
+                (0..len as u32)
+                    .map(|i| me * 1000 + round * 100 + i)
+                    .collect()
+            };
+            // Counts that differ by rank (some zero) and blocks stored in reverse rank order.
+            let counts: Vec<usize> = (0..p).map(|r| (r + 1) % 3).collect();
+            let mut displs = vec![0; p];
+            let mut off = 0;
+            for r in (0..p).rev() {
+                displs[r] = off;
+                off += counts[r];
+            }
+            let extent = off;
+            let a2a_counts: Vec<usize> = (0..p).map(|r| (r + me as usize) % 2 + 1).collect();
+            let a2a_displs: Vec<usize> = (0..p).map(|r| 2 * r).collect();
+            let a2a_recv: Vec<usize> = (0..p).map(|r| (r + me as usize) % 2 + 1).collect();
+
+            let barrier = w.barrier_init().unwrap();
+            let bcast = w.bcast_init::<u32>(4, root).unwrap();
+            let reduce = w.reduce_init::<u32, _>(3, Op::Sum, root).unwrap();
+            let allreduce = w.allreduce_init::<u32, _>(3, Op::Max).unwrap();
+            let gather = w.gather_init::<u32>(2, root).unwrap();
+            let gatherv = w
+                .gatherv_init::<u32>(counts[me as usize], &counts, &displs, root)
+                .unwrap();
+            let scatter = w.scatter_init::<u32>(2, root).unwrap();
+            let scatterv = w
+                .scatterv_init::<u32>(&counts, &displs, counts[me as usize], root)
+                .unwrap();
+            let allgather = w.allgather_init::<u32>(2).unwrap();
+            let allgatherv = w.allgatherv_init::<u32>(&counts, &displs).unwrap();
+            let alltoall = w.alltoall_init::<u32>(2).unwrap();
+            let alltoallv = w
+                .alltoallv_init::<u32>(&a2a_counts, &a2a_displs, &a2a_recv, &a2a_displs)
+                .unwrap();
+            let rsb = w.reduce_scatter_block_init::<u32, _>(2, Op::Sum).unwrap();
+            let rs = w.reduce_scatter_init::<u32, _>(&counts, Op::Sum).unwrap();
+            let scan = w.scan_init::<u32, _>(3, Op::Sum).unwrap();
+            let exscan = w.exscan_init::<u32, _>(3, Op::Sum).unwrap();
+
+            for round in 0..3 {
+                barrier.run(&[], &mut []).unwrap();
+
+                let mut want = if me == root {
+                    input(round, 4)
+                } else {
+                    vec![0; 4]
+                };
+                w.bcast(&mut want, root).unwrap();
+                let mut got = if me == root {
+                    input(round, 4)
+                } else {
+                    vec![0; 4]
+                };
+                bcast.run(&[], &mut got).unwrap();
+                assert_eq!(got, want, "bcast round {round}");
+                let roots: Vec<u32> = (0..4).map(|i| root * 1000 + round * 100 + i).collect();
+                assert_eq!(got, roots, "bcast round {round}: the root's values");
+
+                let same = |plan: &oxmpi::Persistent<u32>,
+                            blocking: &dyn Fn(&[u32], &mut [u32]),
+                            send: Vec<u32>,
+                            recv_len: usize,
+                            what: &str| {
+                    let mut want = vec![9u32; recv_len];
+                    blocking(&send, &mut want);
+                    let mut got = vec![9u32; recv_len];
+                    plan.run(&send, &mut got).unwrap();
+                    assert_eq!(got, want, "{what} round {round} on {p} ranks");
+                };
+                same(
+                    &reduce,
+                    &|s, r| w.reduce(s, r, Op::Sum, root).unwrap(),
+                    input(round, 3),
+                    at_root(3),
+                    "reduce",
+                );
+                same(
+                    &allreduce,
+                    &|s, r| w.allreduce(s, r, Op::Max).unwrap(),
+                    input(round, 3),
+                    3,
+                    "allreduce",
+                );
+                same(
+                    &gather,
+                    &|s, r| w.gather(s, r, root).unwrap(),
+                    input(round, 2),
+                    at_root(2 * p),
+                    "gather",
+                );
+                same(
+                    &gatherv,
+                    &|s, r| w.gatherv(s, r, &counts, &displs, root).unwrap(),
+                    input(round, counts[me as usize]),
+                    at_root(extent + 2),
+                    "gatherv (a longer receive buffer)",
+                );
+                same(
+                    &scatter,
+                    &|s, r| w.scatter(s, r, root).unwrap(),
+                    input(round, at_root(2 * p)),
+                    2,
+                    "scatter",
+                );
+                same(
+                    &scatterv,
+                    &|s, r| w.scatterv(s, &counts, &displs, r, root).unwrap(),
+                    input(round, at_root(extent)),
+                    counts[me as usize],
+                    "scatterv",
+                );
+                same(
+                    &allgather,
+                    &|s, r| w.allgather(s, r).unwrap(),
+                    input(round, 2),
+                    2 * p,
+                    "allgather",
+                );
+                same(
+                    &allgatherv,
+                    &|s, r| w.allgatherv(s, r, &counts, &displs).unwrap(),
+                    input(round, counts[me as usize]),
+                    extent,
+                    "allgatherv",
+                );
+                same(
+                    &alltoall,
+                    &|s, r| w.alltoall(s, r).unwrap(),
+                    input(round, 2 * p),
+                    2 * p,
+                    "alltoall",
+                );
+                same(
+                    &alltoallv,
+                    &|s, r| {
+                        w.alltoallv(s, &a2a_counts, &a2a_displs, r, &a2a_recv, &a2a_displs)
+                            .unwrap()
+                    },
+                    input(round, 2 * p),
+                    2 * p,
+                    "alltoallv",
+                );
+                same(
+                    &rsb,
+                    &|s, r| w.reduce_scatter_block(s, r, Op::Sum).unwrap(),
+                    input(round, 2 * p),
+                    2,
+                    "reduce_scatter_block",
+                );
+                same(
+                    &rs,
+                    &|s, r| w.reduce_scatter(s, r, &counts, Op::Sum).unwrap(),
+                    input(round, extent),
+                    counts[me as usize],
+                    "reduce_scatter",
+                );
+                same(
+                    &scan,
+                    &|s, r| w.scan(s, r, Op::Sum).unwrap(),
+                    input(round, 3),
+                    3,
+                    "scan",
+                );
+                same(
+                    &exscan,
+                    &|s, r| w.exscan(s, r, Op::Sum).unwrap(),
+                    input(round, 3),
+                    3,
+                    "exscan",
+                );
+            }
+
+            // Two plans in flight on a scope, completed in the other order.
+            let (s1, s2) = (input(7, 2 * p), input(8, 2));
+            let (mut r1, mut r2) = (vec![0u32; 2 * p], vec![0u32; 2 * p]);
+            w.scope(|s| {
+                let x = s.start_persistent(&alltoall, &s1, &mut r1).unwrap();
+                let y = s.start_persistent(&allgather, &s2, &mut r2).unwrap();
+                y.wait().unwrap();
+                x.wait().unwrap();
+            });
+            let (mut w1, mut w2) = (vec![0u32; 2 * p], vec![0u32; 2 * p]);
+            w.alltoall(&s1, &mut w1).unwrap();
+            w.allgather(&s2, &mut w2).unwrap();
+            assert_eq!((r1, r2), (w1, w2), "started on a scope");
+
+            // Wrong lengths are refused, and the plan still runs afterwards.
+            let mut short = vec![0u32; 2 * p - 1];
+            assert!(matches!(
+                alltoall.run(&input(0, 2 * p), &mut short),
+                Err(Error::BufferSize { .. })
+            ));
+            if me == root && extent > 0 {
+                let mut short = vec![0u32; extent - 1];
+                assert!(matches!(
+                    gatherv.run(&input(0, counts[me as usize]), &mut short),
+                    Err(Error::BufferSize { .. })
+                ));
+            }
+            let mut fine = vec![0u32; 2 * p];
+            alltoall.run(&input(0, 2 * p), &mut fine).unwrap();
+            // Counts no buffer could hold are refused when the plan is made.
+            assert!(matches!(
+                w.allgather_init::<u64>(usize::MAX / 2),
+                Err(Error::InvalidArgument(_))
+            ));
+            assert!(matches!(
+                w.alltoallv_init::<u8>(&vec![1; p], &vec![usize::MAX; p], &vec![0; p], &vec![0; p]),
+                Err(Error::InvalidArgument(_))
+            ));
+        });
+    }
+}
+
 #[test]
 fn object_collectives() {
     threads(3, |u| {
