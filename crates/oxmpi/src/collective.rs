@@ -984,18 +984,6 @@ impl Communicator {
         self.run_call(self.call_reduce(send, recv, op, root)?)
     }
 
-    /// [`reduce`](Self::reduce) with `MPI_IN_PLACE`: `buf` is every rank's input and the
-    /// root's output.
-    pub fn reduce_in_place<T: Pod, O: ReduceOp<T>>(
-        &self,
-        buf: &mut [T],
-        op: O,
-        root: u32,
-    ) -> Result<(), Error> {
-        let input = buf.to_vec();
-        self.reduce(&input, buf, op, root)
-    }
-
     /// Reduces every rank's `send` into every rank's `recv` (`MPI_Allreduce`).
     pub fn allreduce<T: Pod, O: ReduceOp<T>>(
         &self,
@@ -1006,16 +994,6 @@ impl Communicator {
         self.run_call(self.call_allreduce(send, recv, op)?)
     }
 
-    /// [`allreduce`](Self::allreduce) with `MPI_IN_PLACE`.
-    pub fn allreduce_in_place<T: Pod, O: ReduceOp<T>>(
-        &self,
-        buf: &mut [T],
-        op: O,
-    ) -> Result<(), Error> {
-        let input = buf.to_vec();
-        self.allreduce(&input, buf, op)
-    }
-
     /// Inclusive prefix reduction: rank `r` gets `send[0] op ... op send[r]` (`MPI_Scan`).
     pub fn scan<T: Pod, O: ReduceOp<T>>(
         &self,
@@ -1024,12 +1002,6 @@ impl Communicator {
         op: O,
     ) -> Result<(), Error> {
         self.run_call(self.call_scan(send, recv, op, false)?)
-    }
-
-    /// [`scan`](Self::scan) with `MPI_IN_PLACE`.
-    pub fn scan_in_place<T: Pod, O: ReduceOp<T>>(&self, buf: &mut [T], op: O) -> Result<(), Error> {
-        let input = buf.to_vec();
-        self.scan(&input, buf, op)
     }
 
     /// Exclusive prefix reduction: rank `r > 0` gets `send[0] op ... op send[r-1]`; rank 0's
@@ -1043,32 +1015,9 @@ impl Communicator {
         self.run_call(self.call_scan(send, recv, op, true)?)
     }
 
-    /// [`exscan`](Self::exscan) with `MPI_IN_PLACE`.
-    pub fn exscan_in_place<T: Pod, O: ReduceOp<T>>(
-        &self,
-        buf: &mut [T],
-        op: O,
-    ) -> Result<(), Error> {
-        let input = buf.to_vec();
-        self.exscan(&input, buf, op)
-    }
-
     /// Gathers every rank's `send` into `recv` at `root`, in rank order (`MPI_Gather`).
     pub fn gather<T: Pod>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<(), Error> {
         self.run_call(self.call_gather(send, recv, root)?)
-    }
-
-    /// [`gather`](Self::gather) with `MPI_IN_PLACE` at the root: there `buf` is the whole
-    /// receive buffer with the root's block already in place; elsewhere it is the block sent.
-    pub fn gather_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
-        if self.rank() == root {
-            let n = buf.len() / self.size().max(1) as usize;
-            let r = root as usize;
-            let mine = buf[r * n..(r + 1) * n].to_vec();
-            self.gather(&mine, buf, root)
-        } else {
-            self.gather(buf, &mut [], root)
-        }
     }
 
     /// Gathers `send` (of `counts[rank]` elements) into `recv` at `root`, block `i` at
@@ -1089,19 +1038,6 @@ impl Communicator {
         self.run_call(self.call_scatter(send, recv, root)?)
     }
 
-    /// [`scatter`](Self::scatter) with `MPI_IN_PLACE` at the root: there `buf` is the whole
-    /// send buffer and the root's block stays where it is; elsewhere it receives the block.
-    pub fn scatter_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
-        if self.rank() == root {
-            let n = buf.len() / self.size().max(1) as usize;
-            let r = root as usize;
-            let mut mine = buf[r * n..(r + 1) * n].to_vec();
-            self.scatter(buf, &mut mine, root)
-        } else {
-            self.scatter(&[], buf, root)
-        }
-    }
-
     /// Scatters blocks of `root`'s `send` (`counts[i]` elements at `displs[i]` to rank `i`)
     /// (`MPI_Scatterv`).
     pub fn scatterv<T: Pod>(
@@ -1120,15 +1056,6 @@ impl Communicator {
         self.run_call(self.call_allgather(send, recv)?)
     }
 
-    /// [`allgather`](Self::allgather) with `MPI_IN_PLACE`: each rank's block is already at its
-    /// place in `buf`.
-    pub fn allgather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
-        let n = buf.len() / self.size().max(1) as usize;
-        let r = self.rank() as usize;
-        let mine = buf[r * n..(r + 1) * n].to_vec();
-        self.allgather(&mine, buf)
-    }
-
     /// Gathers blocks of varying length into every rank's `recv` (`MPI_Allgatherv`).
     pub fn allgatherv<T: Pod>(
         &self,
@@ -1143,12 +1070,6 @@ impl Communicator {
     /// Block `j` of rank `i`'s `send` becomes block `i` of rank `j`'s `recv` (`MPI_Alltoall`).
     pub fn alltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
         self.run_call(self.call_alltoall(send, recv)?)
-    }
-
-    /// [`alltoall`](Self::alltoall) with `MPI_IN_PLACE`.
-    pub fn alltoall_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
-        let input = buf.to_vec();
-        self.alltoall(&input, buf)
     }
 
     /// All-to-all with per-rank counts and displacements (`MPI_Alltoallv`).

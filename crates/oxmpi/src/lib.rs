@@ -26,6 +26,7 @@ mod comm;
 mod comm_create;
 mod error;
 mod group;
+mod in_place;
 mod persistent;
 mod progress;
 mod request;

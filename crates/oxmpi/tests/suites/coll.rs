@@ -95,6 +95,182 @@ fn buffer_collectives_blocking_and_in_place() {
     }
 }
 
+/// A v-form layout for `p` ranks: rank `r` has `(r + 1) % 3` elements (some none), stored in
+/// reverse rank order. Returns the counts, the displacements and the total.
+fn uneven_blocks_in_reverse(p: usize) -> (Vec<usize>, Vec<usize>, usize) {
+    let counts: Vec<usize> = (0..p).map(|r| (r + 1) % 3).collect();
+    let mut displs = vec![0; p];
+    let mut off = 0;
+    for r in (0..p).rev() {
+        displs[r] = off;
+        off += counts[r];
+    }
+    (counts, displs, off)
+}
+
+/// Every `MPI_IN_PLACE` form leaves in its buffer what the ordinary form leaves in its
+/// receive buffer (where the in-place form defines the rest, that too), on 1, 2, 3 and 5
+/// ranks; blocks outside the buffer are errors, not panics.
+#[test]
+fn every_in_place_form_matches_its_ordinary_form() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size() as usize);
+            let root = (p / 2) as u32;
+            let mine =
+                |len: usize| -> Vec<i64> { (0..len as i64).map(|i| me as i64 * 100 + i).collect() };
+            // Blocks in reverse rank order, one spare element at the end.
+            let (counts, displs, off) = uneven_blocks_in_reverse(p);
+            let len = off + 1;
+            let my_block = |buf: &[i64]| buf[displs[me as usize]..][..counts[me as usize]].to_vec();
+
+            let mut want = vec![0; 4];
+            w.reduce(&mine(4), &mut want, Op::Sum, root).unwrap();
+            let mut buf = mine(4);
+            w.reduce_in_place(&mut buf, Op::Sum, root).unwrap();
+            if me == root {
+                assert_eq!(buf, want, "reduce");
+            }
+            w.allreduce(&mine(4), &mut want, Op::Max).unwrap();
+            let mut buf = mine(4);
+            w.allreduce_in_place(&mut buf, Op::Max).unwrap();
+            assert_eq!(buf, want, "allreduce");
+            w.scan(&mine(4), &mut want, Op::Sum).unwrap();
+            let mut buf = mine(4);
+            w.scan_in_place(&mut buf, Op::Sum).unwrap();
+            assert_eq!(buf, want, "scan");
+            let mut want = mine(4);
+            w.exscan(&mine(4), &mut want, Op::Sum).unwrap();
+            let mut buf = mine(4);
+            w.exscan_in_place(&mut buf, Op::Sum).unwrap();
+            assert_eq!(buf, want, "exscan");
+
+            // gather / gatherv: the root's block is already in place.
+            let mut want = vec![-1; if me == root { 3 * p } else { 0 }];
+            w.gather(&mine(3), &mut want, root).unwrap();
+            let mut buf = if me == root {
+                let mut b = vec![-1; 3 * p];
+                b[3 * me as usize..][..3].copy_from_slice(&mine(3));
+                b
+            } else {
+                mine(3)
+            };
+            w.gather_in_place(&mut buf, root).unwrap();
+            if me == root {
+                assert_eq!(buf, want, "gather");
+            }
+            let sent = mine(counts[me as usize]);
+            let mut want = vec![-1; if me == root { len } else { 0 }];
+            w.gatherv(&sent, &mut want, &counts, &displs, root).unwrap();
+            let mut buf = if me == root {
+                let mut b = vec![-1; len];
+                b[displs[me as usize]..][..counts[me as usize]].copy_from_slice(&sent);
+                b
+            } else {
+                sent.clone()
+            };
+            w.gatherv_in_place(&mut buf, &counts, &displs, root)
+                .unwrap();
+            if me == root {
+                assert_eq!(buf, want, "gatherv");
+            }
+
+            // scatter / scatterv: the root keeps its block where it is.
+            let whole = |len: usize| -> Vec<i64> { (0..len as i64).map(|i| i * 7 + 1).collect() };
+            let src = if me == root { whole(2 * p) } else { vec![] };
+            let mut want = vec![0; 2];
+            w.scatter(&src, &mut want, root).unwrap();
+            let mut buf = if me == root { whole(2 * p) } else { vec![0; 2] };
+            w.scatter_in_place(&mut buf, root).unwrap();
+            let got = if me == root {
+                buf[2 * me as usize..][..2].to_vec()
+            } else {
+                buf
+            };
+            assert_eq!(got, want, "scatter");
+            let src = if me == root { whole(len) } else { vec![] };
+            let mut want = vec![0; counts[me as usize]];
+            w.scatterv(&src, &counts, &displs, &mut want, root).unwrap();
+            let mut buf = if me == root {
+                whole(len)
+            } else {
+                vec![0; counts[me as usize]]
+            };
+            w.scatterv_in_place(&mut buf, &counts, &displs, root)
+                .unwrap();
+            let got = if me == root { my_block(&buf) } else { buf };
+            assert_eq!(got, want, "scatterv");
+
+            // allgatherv: each rank's block already at its displacement.
+            let mut want = vec![-1; len];
+            w.allgatherv(&mine(counts[me as usize]), &mut want, &counts, &displs)
+                .unwrap();
+            let mut buf = vec![-1; len];
+            buf[displs[me as usize]..][..counts[me as usize]]
+                .copy_from_slice(&mine(counts[me as usize]));
+            w.allgatherv_in_place(&mut buf, &counts, &displs).unwrap();
+            assert_eq!(buf, want, "allgatherv");
+
+            // alltoallv with one layout: i and j exchange (i + j) % 3 elements.
+            let pair: Vec<usize> = (0..p).map(|r| (r + me as usize) % 3).collect();
+            let pdispl: Vec<usize> = pair
+                .iter()
+                .scan(0, |o, &c| {
+                    let d = *o;
+                    *o += c;
+                    Some(d)
+                })
+                .collect();
+            let total: usize = pair.iter().sum();
+            let mut want = vec![0; total];
+            w.alltoallv(&mine(total), &pair, &pdispl, &mut want, &pair, &pdispl)
+                .unwrap();
+            let mut buf = mine(total);
+            w.alltoallv_in_place(&mut buf, &pair, &pdispl).unwrap();
+            assert_eq!(buf, want, "alltoallv");
+            let mut want = vec![0; 2 * p];
+            w.alltoall(&mine(2 * p), &mut want).unwrap();
+            let mut buf = mine(2 * p);
+            w.alltoall_in_place(&mut buf).unwrap();
+            assert_eq!(buf, want, "alltoall");
+
+            // reduce_scatter(_block): the result in the buffer's first elements, the rest kept.
+            let mut want = vec![0; 2];
+            w.reduce_scatter_block(&mine(2 * p), &mut want, Op::Sum)
+                .unwrap();
+            let mut buf = mine(2 * p);
+            w.reduce_scatter_block_in_place(&mut buf, 2, Op::Sum)
+                .unwrap();
+            assert_eq!(buf[..2], want[..], "reduce_scatter_block");
+            assert_eq!(buf[2..], mine(2 * p)[2..], "reduce_scatter_block: the rest");
+            let mut want = vec![0; counts[me as usize]];
+            w.reduce_scatter(&mine(off), &mut want, &counts, Op::Sum)
+                .unwrap();
+            let mut buf = mine(off);
+            w.reduce_scatter_in_place(&mut buf, &counts, Op::Sum)
+                .unwrap();
+            assert_eq!(buf[..counts[me as usize]], want[..], "reduce_scatter");
+
+            // A block reaching past the buffer, or too few counts: an error, not a panic.
+            let far = vec![usize::MAX; p];
+            assert!(matches!(
+                w.allgatherv_in_place(&mut [0i64; 2], &counts, &far),
+                Err(Error::BufferSize { .. })
+            ));
+            assert!(matches!(
+                w.allgatherv_in_place(&mut [0i64; 2], &[], &[]),
+                Err(Error::BufferSize { .. })
+            ));
+            assert!(matches!(
+                w.reduce_scatter_block_in_place(&mut [0i64; 1], 2, Op::Sum),
+                Err(Error::BufferSize { .. })
+            ));
+            w.barrier().unwrap();
+        });
+    }
+}
+
 #[test]
 fn misuse_is_an_error_on_the_rank_that_made_it() {
     threads(2, |u| {
@@ -209,15 +385,7 @@ fn persistent_form_of_every_collective() {
                     .map(|i| me * 1000 + round * 100 + i)
                     .collect()
             };
-            // Counts that differ by rank (some zero) and blocks stored in reverse rank order.
-            let counts: Vec<usize> = (0..p).map(|r| (r + 1) % 3).collect();
-            let mut displs = vec![0; p];
-            let mut off = 0;
-            for r in (0..p).rev() {
-                displs[r] = off;
-                off += counts[r];
-            }
-            let extent = off;
+            let (counts, displs, extent) = uneven_blocks_in_reverse(p);
             let a2a_counts: Vec<usize> = (0..p).map(|r| (r + me as usize) % 2 + 1).collect();
             let a2a_displs: Vec<usize> = (0..p).map(|r| 2 * r).collect();
             let a2a_recv: Vec<usize> = (0..p).map(|r| (r + me as usize) % 2 + 1).collect();

@@ -1,0 +1,223 @@
+//! The `MPI_IN_PLACE` forms of the collectives: one buffer is both a rank's input and its
+//! output, for every collective where MPI allows it (reduce, allreduce, scan, exscan, gather(v)
+//! and scatter(v) at the root, allgather(v), alltoall(v), reduce_scatter(_block)).
+//!
+//! Each copies the input part it needs out of the buffer and runs the ordinary form, whose
+//! schedules may read a rank's input after writing its output. The copy is as large as the
+//! input the rank contributes (for gather(v), scatter(v) and allgather(v) only its own block).
+//! Ranges named by counts and displacements are checked first: a block outside the buffer is
+//! an [`Error::BufferSize`], as in the ordinary forms.
+
+use crate::comm::Communicator;
+use crate::Error;
+use bytemuck::Pod;
+use oxmpi_collectives::ReduceOp;
+
+/// Elements `displs[i] .. displs[i] + counts[i]` of `buf`, checked.
+fn block<'b, T>(
+    what: &'static str,
+    buf: &'b [T],
+    counts: &[usize],
+    displs: &[usize],
+    i: u32,
+) -> Result<&'b [T], Error> {
+    let (c, d) = match (counts.get(i as usize), displs.get(i as usize)) {
+        (Some(c), Some(d)) => (*c, *d),
+        _ => {
+            return Err(Error::BufferSize {
+                what,
+                buffer: "counts and displacements (one per rank)",
+                expected: i as usize + 1,
+                got: counts.len().min(displs.len()),
+            })
+        }
+    };
+    let end = d.saturating_add(c);
+    buf.get(d..end).ok_or(Error::BufferSize {
+        what,
+        buffer: "buffer (count + displacement)",
+        expected: end,
+        got: buf.len(),
+    })
+}
+
+/// The first `n` elements of `buf`, where a reduce-scatter leaves its result.
+fn head<'b, T>(what: &'static str, buf: &'b mut [T], n: usize) -> Result<&'b mut [T], Error> {
+    let len = buf.len();
+    buf.get_mut(..n).ok_or(Error::BufferSize {
+        what,
+        buffer: "buffer",
+        expected: n,
+        got: len,
+    })
+}
+
+impl Communicator {
+    /// [`reduce`](Self::reduce) with `MPI_IN_PLACE`: `buf` is every rank's input and the
+    /// root's output.
+    pub fn reduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.reduce(&input, buf, op, root)
+    }
+
+    /// [`allreduce`](Self::allreduce) with `MPI_IN_PLACE`.
+    pub fn allreduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.allreduce(&input, buf, op)
+    }
+
+    /// [`scan`](Self::scan) with `MPI_IN_PLACE`.
+    pub fn scan_in_place<T: Pod, O: ReduceOp<T>>(&self, buf: &mut [T], op: O) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.scan(&input, buf, op)
+    }
+
+    /// [`exscan`](Self::exscan) with `MPI_IN_PLACE`.
+    pub fn exscan_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        op: O,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.exscan(&input, buf, op)
+    }
+
+    /// [`gather`](Self::gather) with `MPI_IN_PLACE` at the root: there `buf` is the whole
+    /// receive buffer with the root's block already in place; elsewhere it is the block sent.
+    pub fn gather_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
+        if self.rank() == root {
+            let n = buf.len() / self.size().max(1) as usize;
+            let r = root as usize;
+            let mine = buf[r * n..(r + 1) * n].to_vec();
+            self.gather(&mine, buf, root)
+        } else {
+            self.gather(buf, &mut [], root)
+        }
+    }
+
+    /// [`gatherv`](Self::gatherv) with `MPI_IN_PLACE` at the root: there `buf` is the
+    /// receive buffer with the root's block already at `displs[root]`; elsewhere it is the
+    /// block sent (`counts` and `displs` are read at the root only).
+    pub fn gatherv_in_place<T: Pod>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<(), Error> {
+        if self.rank() == root {
+            let mine = block("gatherv", buf, counts, displs, root)?.to_vec();
+            self.gatherv(&mine, buf, counts, displs, root)
+        } else {
+            self.gatherv(buf, &mut [], counts, displs, root)
+        }
+    }
+
+    /// [`scatter`](Self::scatter) with `MPI_IN_PLACE` at the root: there `buf` is the whole
+    /// send buffer and the root's block stays where it is; elsewhere it receives the block.
+    pub fn scatter_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
+        if self.rank() == root {
+            let n = buf.len() / self.size().max(1) as usize;
+            let r = root as usize;
+            let mut mine = buf[r * n..(r + 1) * n].to_vec();
+            self.scatter(buf, &mut mine, root)
+        } else {
+            self.scatter(&[], buf, root)
+        }
+    }
+
+    /// [`scatterv`](Self::scatterv) with `MPI_IN_PLACE` at the root: there `buf` is the send
+    /// buffer and the root's block stays at `displs[root]`; elsewhere `buf` receives this
+    /// rank's block (`counts` and `displs` are read at the root only).
+    pub fn scatterv_in_place<T: Pod>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<(), Error> {
+        if self.rank() == root {
+            let mut mine = block("scatterv", buf, counts, displs, root)?.to_vec();
+            self.scatterv(buf, counts, displs, &mut mine, root)
+        } else {
+            self.scatterv(&[], counts, displs, buf, root)
+        }
+    }
+
+    /// [`allgather`](Self::allgather) with `MPI_IN_PLACE`: each rank's block is already at its
+    /// place in `buf`.
+    pub fn allgather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
+        let n = buf.len() / self.size().max(1) as usize;
+        let r = self.rank() as usize;
+        let mine = buf[r * n..(r + 1) * n].to_vec();
+        self.allgather(&mine, buf)
+    }
+
+    /// [`allgatherv`](Self::allgatherv) with `MPI_IN_PLACE`: each rank's block is already at
+    /// `displs[rank]` of its `buf`.
+    pub fn allgatherv_in_place<T: Pod>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<(), Error> {
+        let mine = block("allgatherv", buf, counts, displs, self.rank())?.to_vec();
+        self.allgatherv(&mine, buf, counts, displs)
+    }
+
+    /// [`alltoall`](Self::alltoall) with `MPI_IN_PLACE`.
+    pub fn alltoall_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.alltoall(&input, buf)
+    }
+
+    /// [`alltoallv`](Self::alltoallv) with `MPI_IN_PLACE`: one layout for both directions, as
+    /// in MPI: the `counts[i]` elements at `displs[i]` of `buf` go to rank `i` and are
+    /// replaced by the `counts[i]` that rank `i` sends here (so the ranks' counts must pair
+    /// up: what `i` sends `j` is what `j` sends `i`).
+    pub fn alltoallv_in_place<T: Pod>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.alltoallv(&input, counts, displs, buf, counts, displs)
+    }
+
+    /// [`reduce_scatter_block`](Self::reduce_scatter_block) with `MPI_IN_PLACE`: `buf` holds
+    /// the input (size × `count` elements) and receives this rank's block of `count` in its
+    /// first elements; the rest of `buf` is left as it was.
+    pub fn reduce_scatter_block_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        count: usize,
+        op: O,
+    ) -> Result<(), Error> {
+        let input = buf.to_vec();
+        self.reduce_scatter_block(&input, head("reduce_scatter_block", buf, count)?, op)
+    }
+
+    /// [`reduce_scatter`](Self::reduce_scatter) with `MPI_IN_PLACE`: `buf` holds the input
+    /// (`counts.iter().sum()` elements) and receives this rank's `counts[rank]` elements in
+    /// its first ones; the rest of `buf` is left as it was.
+    pub fn reduce_scatter_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        op: O,
+    ) -> Result<(), Error> {
+        let mine = counts.get(self.rank() as usize).copied().unwrap_or(0);
+        let input = buf.to_vec();
+        self.reduce_scatter(&input, head("reduce_scatter", buf, mine)?, counts, op)
+    }
+}
