@@ -1,17 +1,22 @@
 //! The `MPI_IN_PLACE` forms of the collectives: one buffer is both a rank's input and its
 //! output, for every collective where MPI allows it (reduce, allreduce, scan, exscan, gather(v)
-//! and scatter(v) at the root, allgather(v), alltoall(v), reduce_scatter(_block)).
+//! and scatter(v) at the root, allgather(v), alltoall(v), reduce_scatter(_block)), blocking
+//! (`*_in_place` on [`Communicator`]) and nonblocking (`i*_in_place` on a [`Scope`]).
 //!
 //! Each copies the input part it needs out of the buffer and runs the ordinary form, whose
 //! schedules may read a rank's input after writing its output. The copy is as large as the
-//! input the rank contributes (for gather(v), scatter(v) and allgather(v) only its own block).
+//! input the rank contributes (for gather(v), scatter(v) and allgather(v) only its own block);
+//! a nonblocking form keeps it in a region the request owns.
 //! Ranges named by counts and displacements are checked first: a block outside the buffer is
 //! an [`Error::BufferSize`], as in the ordinary forms.
 
+use crate::collective::{bytes, Call, CollRequest, Len};
 use crate::comm::Communicator;
+use crate::request::Scope;
 use crate::Error;
 use bytemuck::Pod;
 use oxmpi_collectives::ReduceOp;
+use oxmpi_fabric::Region;
 
 /// Elements `displs[i] .. displs[i] + counts[i]` of `buf`, checked.
 fn block<'b, T>(
@@ -219,5 +224,249 @@ impl Communicator {
         let mine = counts.get(self.rank() as usize).copied().unwrap_or(0);
         let input = buf.to_vec();
         self.reduce_scatter(&input, head("reduce_scatter", buf, mine)?, counts, op)
+    }
+}
+
+/// An owned region holding a copy of `v`: the input of a nonblocking in-place collective, kept
+/// by its request while the buffer itself is lent as the output.
+fn input_copy<T: Pod>(v: &[T]) -> Region {
+    let b = bytes(v);
+    if b.is_empty() {
+        return Region::empty();
+    }
+    let r = Region::alloc(b.len());
+    r.write(0..b.len(), |d| d.copy_from_slice(b))
+        .expect("a fresh region is writable over its whole length");
+    r
+}
+
+/// Nonblocking in-place collectives: the buffer is lent for the scope as the output, its input
+/// part copied first.
+impl<'s> Scope<'s, '_> {
+    /// Starts `call` (made with [`Len`] for its send side) on `input` as the send buffer.
+    fn start_on_input(&self, call: Call<'s>, input: Region) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let sched = c.schedule(&call.spec)?;
+        let recv = self.lender().lend_region_mut(call.recv);
+        Ok(self.start_run(c.new_run(sched, call.spec.coll(), input, recv, call.kernel)))
+    }
+
+    /// `MPI_Ireduce` with `MPI_IN_PLACE` (see [`Communicator::reduce_in_place`]).
+    pub fn ireduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        op: O,
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let call = self
+            .comm()
+            .call_reduce::<T, O>(Len(buf.len()), buf, op, root)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Iallreduce` with `MPI_IN_PLACE`.
+    pub fn iallreduce_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let call = self
+            .comm()
+            .call_allreduce::<T, O>(Len(buf.len()), buf, op)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Iscan` with `MPI_IN_PLACE`.
+    pub fn iscan_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let call = self
+            .comm()
+            .call_scan::<T, O>(Len(buf.len()), buf, op, false)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Iexscan` with `MPI_IN_PLACE` (rank 0's `buf` is left as it was).
+    pub fn iexscan_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let call = self
+            .comm()
+            .call_scan::<T, O>(Len(buf.len()), buf, op, true)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Igather` with `MPI_IN_PLACE` at the root (see [`Communicator::gather_in_place`]).
+    pub fn igather_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        if c.rank() != root {
+            return self.igather(buf, &mut [], root);
+        }
+        let n = buf.len() / c.size().max(1) as usize;
+        let r = root as usize;
+        let input = input_copy(&buf[r * n..(r + 1) * n]);
+        let call = c.call_gather::<T>(Len(n), buf, root)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Igatherv` with `MPI_IN_PLACE` at the root (see
+    /// [`Communicator::gatherv_in_place`]).
+    pub fn igatherv_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        if c.rank() != root {
+            return self.igatherv(buf, &mut [], counts, displs, root);
+        }
+        let mine = block("gatherv", buf, counts, displs, root)?;
+        let (input, n) = (input_copy(mine), mine.len());
+        let call = c.call_gatherv::<T>(Len(n), buf, counts, displs, root)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Iscatter` with `MPI_IN_PLACE` at the root: there `buf` is the whole send buffer
+    /// and nothing is written; elsewhere it receives the block.
+    pub fn iscatter_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        if c.rank() != root {
+            return self.iscatter(&[], buf, root);
+        }
+        // The root's own block would be copied onto itself: receive it into a copy instead,
+        // which the request owns (and drops).
+        let n = buf.len() / c.size().max(1) as usize;
+        let r = root as usize;
+        let own = input_copy(&buf[r * n..(r + 1) * n]);
+        let buf: &'s [T] = buf;
+        let call = c.call_scatter::<T>(buf, Len(n), root)?;
+        self.start_with_output(call, own)
+    }
+
+    /// `MPI_Iscatterv` with `MPI_IN_PLACE` at the root (see
+    /// [`Communicator::scatterv_in_place`]).
+    pub fn iscatterv_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+        root: u32,
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        if c.rank() != root {
+            return self.iscatterv(&[], counts, displs, buf, root);
+        }
+        let mine = block("scatterv", buf, counts, displs, root)?;
+        let (own, n) = (input_copy(mine), mine.len());
+        let buf: &'s [T] = buf;
+        let call = c.call_scatterv::<T>(buf, counts, displs, Len(n), root)?;
+        self.start_with_output(call, own)
+    }
+
+    /// `MPI_Iallgather` with `MPI_IN_PLACE` (see [`Communicator::allgather_in_place`]).
+    pub fn iallgather_in_place<T: Pod>(&self, buf: &'s mut [T]) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let n = buf.len() / c.size().max(1) as usize;
+        let r = c.rank() as usize;
+        let input = input_copy(&buf[r * n..(r + 1) * n]);
+        let call = c.call_allgather::<T>(Len(n), buf)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Iallgatherv` with `MPI_IN_PLACE` (see [`Communicator::allgatherv_in_place`]).
+    pub fn iallgatherv_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let mine = block("allgatherv", buf, counts, displs, c.rank())?;
+        let (input, n) = (input_copy(mine), mine.len());
+        let call = c.call_allgatherv::<T>(Len(n), buf, counts, displs)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Ialltoall` with `MPI_IN_PLACE`.
+    pub fn ialltoall_in_place<T: Pod>(&self, buf: &'s mut [T]) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let call = self.comm().call_alltoall::<T>(Len(buf.len()), buf)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Ialltoallv` with `MPI_IN_PLACE` (see [`Communicator::alltoallv_in_place`]).
+    pub fn ialltoallv_in_place<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let n = buf.len();
+        let call = self
+            .comm()
+            .call_alltoallv::<T>(Len(n), counts, displs, buf, counts, displs)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Ireduce_scatter_block` with `MPI_IN_PLACE` (see
+    /// [`Communicator::reduce_scatter_block_in_place`]).
+    pub fn ireduce_scatter_block_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        count: usize,
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let n = buf.len();
+        let out = head("reduce_scatter_block", buf, count)?;
+        let call = self
+            .comm()
+            .call_reduce_scatter_block::<T, O>(Len(n), out, op)?;
+        self.start_on_input(call, input)
+    }
+
+    /// `MPI_Ireduce_scatter` with `MPI_IN_PLACE` (see
+    /// [`Communicator::reduce_scatter_in_place`]).
+    pub fn ireduce_scatter_in_place<T: Pod, O: ReduceOp<T>>(
+        &self,
+        buf: &'s mut [T],
+        counts: &[usize],
+        op: O,
+    ) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let mine = counts.get(c.rank() as usize).copied().unwrap_or(0);
+        let input = input_copy(buf);
+        let n = buf.len();
+        let out = head("reduce_scatter", buf, mine)?;
+        let call = c.call_reduce_scatter::<T, O>(Len(n), out, counts, op)?;
+        self.start_on_input(call, input)
+    }
+
+    /// Starts `call` (made with [`Len`] for its receive side) with the owned `output` as the
+    /// receive buffer.
+    fn start_with_output(&self, call: Call<'s>, output: Region) -> Result<CollRequest<'s>, Error> {
+        let c = self.comm();
+        let sched = c.schedule(&call.spec)?;
+        let send = self.lender().lend_region(call.send);
+        Ok(self.start_run(c.new_run(sched, call.spec.coll(), send, output, call.kernel)))
     }
 }

@@ -271,6 +271,117 @@ fn every_in_place_form_matches_its_ordinary_form() {
     }
 }
 
+/// Every nonblocking in-place form (`Scope::i*_in_place`), all started on one scope and
+/// completed in the reverse order, leaves what the blocking in-place form leaves.
+#[test]
+fn nonblocking_in_place_forms_match_the_blocking_ones() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size() as usize);
+            let root = (p / 2) as u32;
+            let (counts, displs, off) = uneven_blocks_in_reverse(p);
+            let pair: Vec<usize> = (0..p).map(|r| (r + me as usize) % 3).collect();
+            let pdispl: Vec<usize> = (0..p).map(|r| pair[..r].iter().sum()).collect();
+            let start = |len: usize, salt: i64| -> Vec<i64> {
+                (0..len as i64)
+                    .map(|i| me as i64 * 1000 + salt * 100 + i)
+                    .collect()
+            };
+            let len = |k: usize| -> usize {
+                match k {
+                    4 | 6 | 8 | 10 => 3 * p,
+                    5 | 7 | 9 => off + 1,
+                    11 => pair.iter().sum(),
+                    12 => 2 * p,
+                    13 => off,
+                    _ => 4,
+                }
+            };
+            let mut want: Vec<Vec<i64>> = (0..14).map(|k| start(len(k), k as i64)).collect();
+            let mut got = want.clone();
+            {
+                let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = &mut want[..]
+                else {
+                    unreachable!()
+                };
+                w.reduce_in_place(a0, Op::Sum, root).unwrap();
+                w.allreduce_in_place(a1, Op::Max).unwrap();
+                w.scan_in_place(a2, Op::Sum).unwrap();
+                w.exscan_in_place(a3, Op::Sum).unwrap();
+                w.gather_in_place(if me == root { a4 } else { &mut a4[..3] }, root)
+                    .unwrap();
+                let mine = counts[me as usize];
+                w.gatherv_in_place(
+                    if me == root { a5 } else { &mut a5[..mine] },
+                    &counts,
+                    &displs,
+                    root,
+                )
+                .unwrap();
+                w.scatter_in_place(if me == root { a6 } else { &mut a6[..3] }, root)
+                    .unwrap();
+                w.scatterv_in_place(
+                    if me == root { a7 } else { &mut a7[..mine] },
+                    &counts,
+                    &displs,
+                    root,
+                )
+                .unwrap();
+                w.allgather_in_place(a8).unwrap();
+                w.allgatherv_in_place(a9, &counts, &displs).unwrap();
+                w.alltoall_in_place(a10).unwrap();
+                w.alltoallv_in_place(a11, &pair, &pdispl).unwrap();
+                w.reduce_scatter_block_in_place(a12, 2, Op::Sum).unwrap();
+                w.reduce_scatter_in_place(a13, &counts, Op::Sum).unwrap();
+            }
+            w.scope(|s| {
+                let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = &mut got[..]
+                else {
+                    unreachable!()
+                };
+                let mine = counts[me as usize];
+                let mut reqs = vec![
+                    s.ireduce_in_place(a0, Op::Sum, root).unwrap(),
+                    s.iallreduce_in_place(a1, Op::Max).unwrap(),
+                    s.iscan_in_place(a2, Op::Sum).unwrap(),
+                    s.iexscan_in_place(a3, Op::Sum).unwrap(),
+                    s.igather_in_place(if me == root { a4 } else { &mut a4[..3] }, root)
+                        .unwrap(),
+                    s.igatherv_in_place(
+                        if me == root { a5 } else { &mut a5[..mine] },
+                        &counts,
+                        &displs,
+                        root,
+                    )
+                    .unwrap(),
+                    s.iscatter_in_place(if me == root { a6 } else { &mut a6[..3] }, root)
+                        .unwrap(),
+                    s.iscatterv_in_place(
+                        if me == root { a7 } else { &mut a7[..mine] },
+                        &counts,
+                        &displs,
+                        root,
+                    )
+                    .unwrap(),
+                    s.iallgather_in_place(a8).unwrap(),
+                    s.iallgatherv_in_place(a9, &counts, &displs).unwrap(),
+                    s.ialltoall_in_place(a10).unwrap(),
+                    s.ialltoallv_in_place(a11, &pair, &pdispl).unwrap(),
+                    s.ireduce_scatter_block_in_place(a12, 2, Op::Sum).unwrap(),
+                    s.ireduce_scatter_in_place(a13, &counts, Op::Sum).unwrap(),
+                ];
+                while let Some(r) = reqs.pop() {
+                    r.wait().unwrap();
+                }
+            });
+            for k in 0..14 {
+                assert_eq!(got[k], want[k], "collective {k} on {p} ranks");
+            }
+        });
+    }
+}
+
 #[test]
 fn misuse_is_an_error_on_the_rank_that_made_it() {
     threads(2, |u| {

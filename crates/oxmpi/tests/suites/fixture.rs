@@ -12,14 +12,36 @@ macro_rules! thread_ranks {
                 .collect()
         }
 
-        /// Runs `f(universe)` on `n` thread-ranks and propagates panics.
+        /// Runs `f(universe)` on `n` thread-ranks and propagates panics. A rank that panicked
+        /// (a failed check) can leave its peers waiting for it forever, since thread-ranks
+        /// cannot see one another die: a few seconds after the first panic the test fails
+        /// with it, rather than hanging.
         fn threads(n: u32, f: impl Fn(oxmpi::Universe) + Send + Sync + Copy + 'static) {
-            let handles: Vec<_> = fabrics(n)
+            let mut handles: Vec<Option<std::thread::JoinHandle<()>>> = fabrics(n)
                 .into_iter()
-                .map(|fab| std::thread::spawn(move || f(oxmpi::Universe::from_fabric(fab))))
+                .map(|fab| {
+                    Some(std::thread::spawn(move || {
+                        f(oxmpi::Universe::from_fabric(fab))
+                    }))
+                })
                 .collect();
-            for h in handles {
-                h.join().expect("thread-rank panicked");
+            let mut panicked: Option<(usize, std::time::Instant)> = None;
+            while handles.iter().any(Option::is_some) {
+                for (r, slot) in handles.iter_mut().enumerate() {
+                    if slot.as_ref().is_some_and(|h| h.is_finished()) {
+                        let h = slot.take().expect("checked above");
+                        if h.join().is_err() && panicked.is_none() {
+                            panicked = Some((r, std::time::Instant::now()));
+                        }
+                    }
+                }
+                if let Some((r, at)) = panicked {
+                    let waiting = handles.iter().any(Option::is_some);
+                    if !waiting || at.elapsed() > std::time::Duration::from_secs(5) {
+                        panic!("thread-rank {r} panicked (its message is above)");
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
         }
     };
