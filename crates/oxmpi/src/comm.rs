@@ -345,6 +345,24 @@ impl Communicator {
         Ok(ObjRecv::new(Request::new(self.clone(), id)))
     }
 
+    /// Sends a value and receives one in one call (mpi4py's lowercase `sendrecv`). Both are
+    /// in flight at once, so ranks exchanging values around a ring cannot deadlock; a value
+    /// that does not decode as `D` is an error for this call only.
+    pub fn sendrecv_obj<S: Serialize + ?Sized, D: DeserializeOwned>(
+        &self,
+        obj: &S,
+        dest: u32,
+        send_tag: i32,
+        source: impl Into<Source>,
+        recv_tag: impl Into<Tag>,
+    ) -> Result<(D, Status), Error> {
+        let recv = self.irecv_obj(source, recv_tag)?;
+        let send = self.isend_obj(obj, dest, send_tag)?;
+        let got = recv.wait();
+        send.wait()?;
+        got
+    }
+
     /// Sends one buffer and receives another in one call (`MPI_Sendrecv`).
     pub fn sendrecv<T: Pod, U: Pod>(
         &self,

@@ -112,6 +112,27 @@ fn objects_wildcards_and_truncation() {
     });
 }
 
+/// Values passed around a ring with `sendrecv_obj` (every rank sends before it receives, so
+/// this would deadlock if the two did not overlap), and to oneself.
+#[test]
+fn sendrecv_obj_around_a_ring() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size());
+            let (right, left) = ((me + 1) % p, (me + p - 1) % p);
+            let mine = (format!("rank {me}"), vec![me; me as usize]);
+            let (got, st): ((String, Vec<u32>), _) =
+                w.sendrecv_obj(&mine, right, 3, left, 3).unwrap();
+            assert_eq!(got, (format!("rank {left}"), vec![left; left as usize]));
+            assert_eq!((st.source, st.tag), (left, 3));
+            let (echo, _): (String, _) = w.sendrecv_obj("self", me, 4, me, 4).unwrap();
+            assert_eq!(echo, "self");
+            w.barrier().unwrap();
+        });
+    }
+}
+
 #[test]
 fn ssend_and_probe() {
     threads(2, |u| {
