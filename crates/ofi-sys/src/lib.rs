@@ -4,9 +4,10 @@
 //! - **Loaded at run time.** Nothing links to libfabric. `src/wrapper.c` opens
 //!   `libfabric.so.1` with `dlopen` the first time one of its calls is needed (or [`load`] is
 //!   called), so a program built with these bindings starts on a machine without libfabric,
-//!   and one that never uses the `ofi` fabric never loads the library nor the provider
-//!   libraries it pulls in (Debian's loads PSM2, whose signal handlers would turn a rank's
-//!   SIGABRT into `exit(1)`). Without the library the exported calls fail (`-FI_ENOSYS`, null).
+//!   and one that never uses or probes the `ofi` fabric never loads the library nor the
+//!   provider libraries it pulls in (Debian's loads PSM2, whose signal handlers would turn a
+//!   rank's SIGABRT into `exit(1)`). Without the library the exported calls fail
+//!   (`-FI_ENOSYS`, null).
 //! - **Static inline calls.** libfabric implements most of its API as `static inline` functions
 //!   calling through the objects' operation tables (`fi_endpoint`, `fi_send`, `fi_cq_read`,
 //!   ...); bindgen cannot bind those, so the shim compiles an out-of-line copy of each,

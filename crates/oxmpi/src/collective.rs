@@ -435,7 +435,7 @@ impl Communicator {
                 "gather",
                 "receive",
                 recv.len(),
-                send.len() * self.size() as usize,
+                send.len().saturating_mul(self.size() as usize),
             )?;
         }
         Ok(Call {
@@ -496,7 +496,7 @@ impl Communicator {
                 "scatter",
                 "send",
                 send.len(),
-                recv.len() * self.size() as usize,
+                recv.len().saturating_mul(self.size() as usize),
             )?;
         }
         Ok(Call {
@@ -553,7 +553,7 @@ impl Communicator {
             "allgather",
             "receive",
             recv.len(),
-            send.len() * self.size() as usize,
+            send.len().saturating_mul(self.size() as usize),
         )?;
         Ok(Call {
             spec: Spec::Allgather {
@@ -657,7 +657,7 @@ impl Communicator {
             "reduce_scatter_block",
             "send",
             send.len(),
-            recv.len() * self.size() as usize,
+            recv.len().saturating_mul(self.size() as usize),
         )?;
         let e = std::mem::size_of::<T>();
         Ok(Call {
@@ -1125,13 +1125,12 @@ impl<'s> Scope<'s, '_> {
         let coll = call.spec.coll();
         let send = self.lender().lend_region(call.send);
         let recv = self.lender().lend_region_mut(call.recv);
-        Ok(self.start_run(c.new_run(sched, coll, send, recv, call.kernel)))
+        Ok(self.start_run(c, c.new_run(sched, coll, send, recv, call.kernel)))
     }
 
-    /// Hands `run` (on buffers lent for this scope) to the progress engine, advanced by every
-    /// progress pass from now on.
-    pub(crate) fn start_run(&self, run: Run) -> CollRequest<'s> {
-        let c = self.comm();
+    /// Hands `run` (made by communicator `c`, on buffers lent for this scope) to the progress
+    /// engine, advanced by every progress pass from now on.
+    pub(crate) fn start_run(&self, c: &Communicator, run: Run) -> CollRequest<'s> {
         let id = {
             let mut p = c.state.progress();
             let p = &mut *p;

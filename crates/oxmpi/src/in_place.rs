@@ -248,7 +248,10 @@ impl<'s> Scope<'s, '_> {
         let c = self.comm();
         let sched = c.schedule(&call.spec)?;
         let recv = self.lender().lend_region_mut(call.recv);
-        Ok(self.start_run(c.new_run(sched, call.spec.coll(), input, recv, call.kernel)))
+        Ok(self.start_run(
+            c,
+            c.new_run(sched, call.spec.coll(), input, recv, call.kernel),
+        ))
     }
 
     /// `MPI_Ireduce` with `MPI_IN_PLACE` (see [`Communicator::reduce_in_place`]).
@@ -467,6 +470,9 @@ impl<'s> Scope<'s, '_> {
         let c = self.comm();
         let sched = c.schedule(&call.spec)?;
         let send = self.lender().lend_region(call.send);
-        Ok(self.start_run(c.new_run(sched, call.spec.coll(), send, output, call.kernel)))
+        Ok(self.start_run(
+            c,
+            c.new_run(sched, call.spec.coll(), send, output, call.kernel),
+        ))
     }
 }

@@ -10,8 +10,10 @@
 //!
 //! Buffer lengths are checked at every start: exactly the count for fixed-size buffers, at
 //! least the reach of the counts and displacements (`max(displs[i] + counts[i])`) for the
-//! v-forms' laid-out buffers. Arguments significant only at the root (a gather's receive
-//! buffer, a scatter's send buffer and the v-forms' layouts there) are empty elsewhere.
+//! v-forms' laid-out buffers. Arguments significant only at the root (a gather's or reduce's
+//! receive buffer, a scatter's send buffer, the v-forms' layouts there) are ignored elsewhere,
+//! whatever their length, as the blocking forms ignore them. A plan runs on the communicator it
+//! was made on, also when a scope of another communicator starts it.
 
 use crate::collective::{bytes, bytes_mut, len_check, Call, CollRequest, Len};
 use crate::comm::Communicator;
@@ -23,7 +25,7 @@ use oxmpi_collectives::{Kernel, ReduceOp, Schedule};
 use oxmpi_fabric::lend_scope;
 use std::marker::PhantomData;
 use std::rc::Rc;
-use Extent::{AtLeast, Exact};
+use Extent::{AtLeast, Exact, Unused};
 
 /// How long a persistent collective's buffer must be, in elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,9 @@ enum Extent {
     Exact(usize),
     /// At least this many: a v-form's counts and displacements reach this far.
     AtLeast(usize),
+    /// Not used on this rank (a buffer only the root reads or writes): any length is taken,
+    /// as the blocking form takes it, and nothing of it is lent.
+    Unused,
 }
 
 impl Extent {
@@ -39,6 +44,7 @@ impl Extent {
     fn len(self) -> usize {
         match self {
             Self::Exact(n) | Self::AtLeast(n) => n,
+            Self::Unused => 0,
         }
     }
 
@@ -47,6 +53,7 @@ impl Extent {
         match self {
             Self::Exact(n) => len_check(WHAT, buffer, got, n),
             Self::AtLeast(n) if got >= n => Ok(()),
+            Self::Unused => Ok(()),
             Self::AtLeast(n) => Err(Error::BufferSize {
                 what: WHAT,
                 buffer,
@@ -101,7 +108,7 @@ impl<T> std::fmt::Debug for Persistent<T> {
 }
 
 impl<T: Pod> Persistent<T> {
-    /// Builds a plan from `call`, made on zeroed buffers of the `send` and `recv` lengths.
+    /// Builds a plan from `call`, made from the `send` and `recv` lengths.
     fn new(comm: &Communicator, call: Call<'_>, send: Extent, recv: Extent) -> Result<Self, Error> {
         let sched = comm.schedule(&call.spec)?;
         Ok(Self {
@@ -120,6 +127,24 @@ impl<T: Pod> Persistent<T> {
         self.recv.check("receive", recv.len())
     }
 
+    /// The bytes of `send` the run reads (none where the plan does not use it).
+    fn send_part<'b>(&self, send: &'b [T]) -> &'b [u8] {
+        if self.send == Unused {
+            &[]
+        } else {
+            bytes(send)
+        }
+    }
+
+    /// The bytes of `recv` the run writes (none where the plan does not use it).
+    fn recv_part<'b>(&self, recv: &'b mut [T]) -> &'b mut [u8] {
+        if self.recv == Unused {
+            &mut []
+        } else {
+            bytes_mut(recv)
+        }
+    }
+
     /// Runs the collective once and waits for it.
     pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
         self.check(send, recv)?;
@@ -129,8 +154,8 @@ impl<T: Pod> Persistent<T> {
                 let run = c.new_run(
                     self.sched.clone(),
                     self.spec.coll(),
-                    l.lend_region(bytes(send)),
-                    l.lend_region_mut(bytes_mut(recv)),
+                    l.lend_region(self.send_part(send)),
+                    l.lend_region_mut(self.recv_part(recv)),
                     self.kernel.clone(),
                 );
                 c.drive(run)
@@ -142,6 +167,8 @@ impl<T: Pod> Persistent<T> {
 
 impl<'s> Scope<'s, '_> {
     /// Starts a persistent collective (`MPI_Start`) on buffers of the lengths it was made for.
+    /// It runs on the communicator the plan was made on, whichever communicator's scope lends
+    /// the buffers.
     pub fn start_persistent<T: Pod>(
         &self,
         plan: &Persistent<T>,
@@ -149,32 +176,33 @@ impl<'s> Scope<'s, '_> {
         recv: &'s mut [T],
     ) -> Result<CollRequest<'s>, Error> {
         plan.check(send, recv)?;
-        let run = self.comm().new_run(
+        let run = plan.comm.new_run(
             plan.sched.clone(),
             plan.spec.coll(),
-            self.lender().lend_region(bytes(send)),
-            self.lender().lend_region_mut(bytes_mut(recv)),
+            self.lender().lend_region(plan.send_part(send)),
+            self.lender().lend_region_mut(plan.recv_part(recv)),
             plan.kernel.clone(),
         );
-        Ok(self.start_run(run))
+        Ok(self.start_run(&plan.comm, run))
     }
 }
 
 /// Persistent collectives (MPI-4 `MPI_*_init`): made from element counts, run many times.
 /// Each takes what its blocking form takes, with counts in place of the buffers; a plan runs
-/// with `send` and `recv` buffers as the blocking form would get them.
+/// with `send` and `recv` buffers as the blocking form would get them (buffers only the root
+/// uses may have any length elsewhere; `barrier_init` and `bcast_init` take an empty `send`).
 impl Communicator {
     /// The size of this communicator as a multiplier of counts.
     fn times_size(&self, count: usize) -> Option<usize> {
         count.checked_mul(self.size() as usize)
     }
 
-    /// `n` if this rank is `root`, else 0 (a buffer only the root passes).
-    fn at_root(&self, root: u32, n: usize) -> usize {
+    /// `extent` if this rank is `root`, else [`Unused`] (a buffer only the root uses).
+    fn at_root(&self, root: u32, extent: Extent) -> Extent {
         if self.rank() == root {
-            n
+            extent
         } else {
-            0
+            Unused
         }
     }
 
@@ -190,7 +218,8 @@ impl Communicator {
         Persistent::new(self, call, Exact(0), Exact(count))
     }
 
-    /// `MPI_Reduce_init` for `count` elements (`recv` of `count` at the root, empty elsewhere).
+    /// `MPI_Reduce_init` for `count` elements (`recv` of `count` at the root, unused
+    /// elsewhere).
     pub fn reduce_init<T: Pod, O: ReduceOp<T>>(
         &self,
         count: usize,
@@ -198,9 +227,9 @@ impl Communicator {
         root: u32,
     ) -> Result<Persistent<T>, Error> {
         let count = elems::<T>(Some(count))?;
-        let recv = self.at_root(root, count);
-        let call = self.call_reduce::<T, O>(Len(count), Len(recv), op, root)?;
-        Persistent::new(self, call, Exact(count), Exact(recv))
+        let recv = self.at_root(root, Exact(count));
+        let call = self.call_reduce::<T, O>(Len(count), Len(recv.len()), op, root)?;
+        Persistent::new(self, call, Exact(count), recv)
     }
 
     /// `MPI_Allreduce_init` for `count` elements.
@@ -215,17 +244,16 @@ impl Communicator {
     }
 
     /// `MPI_Gather_init` for blocks of `count` elements (`recv` of `count × size` at the
-    /// root, empty elsewhere).
+    /// root, unused elsewhere).
     pub fn gather_init<T: Pod>(&self, count: usize, root: u32) -> Result<Persistent<T>, Error> {
         let count = elems::<T>(Some(count))?;
-        let recv = self.at_root(root, elems::<T>(self.times_size(count))?);
-        let call = self.call_gather::<T>(Len(count), Len(recv), root)?;
-        Persistent::new(self, call, Exact(count), Exact(recv))
+        let recv = self.at_root(root, Exact(elems::<T>(self.times_size(count))?));
+        let call = self.call_gather::<T>(Len(count), Len(recv.len()), root)?;
+        Persistent::new(self, call, Exact(count), recv)
     }
 
     /// `MPI_Gatherv_init`: this rank sends `send_count` elements; at the root, rank `i`'s
-    /// land at `displs[i]` of `recv` (`counts` and `displs` are read only there, and `recv`
-    /// is empty elsewhere).
+    /// land at `displs[i]` of `recv` (`counts`, `displs` and `recv` are used only there).
     pub fn gatherv_init<T: Pod>(
         &self,
         send_count: usize,
@@ -237,24 +265,24 @@ impl Communicator {
         let recv = if self.rank() == root {
             AtLeast(elems::<T>(reach(counts, displs))?)
         } else {
-            Exact(0)
+            Unused
         };
         let call = self.call_gatherv::<T>(Len(send), Len(recv.len()), counts, displs, root)?;
         Persistent::new(self, call, Exact(send), recv)
     }
 
     /// `MPI_Scatter_init` for blocks of `count` elements (`send` of `count × size` at the
-    /// root, empty elsewhere).
+    /// root, unused elsewhere).
     pub fn scatter_init<T: Pod>(&self, count: usize, root: u32) -> Result<Persistent<T>, Error> {
         let count = elems::<T>(Some(count))?;
-        let send = self.at_root(root, elems::<T>(self.times_size(count))?);
-        let call = self.call_scatter::<T>(Len(send), Len(count), root)?;
-        Persistent::new(self, call, Exact(send), Exact(count))
+        let send = self.at_root(root, Exact(elems::<T>(self.times_size(count))?));
+        let call = self.call_scatter::<T>(Len(send.len()), Len(count), root)?;
+        Persistent::new(self, call, send, Exact(count))
     }
 
     /// `MPI_Scatterv_init`: at the root, `counts[i]` elements at `displs[i]` of `send` go to
-    /// rank `i` (`counts` and `displs` are read only there, and `send` is empty elsewhere);
-    /// this rank receives `recv_count`.
+    /// rank `i` (`counts`, `displs` and `send` are used only there); this rank receives
+    /// `recv_count`.
     pub fn scatterv_init<T: Pod>(
         &self,
         counts: &[usize],
@@ -265,7 +293,7 @@ impl Communicator {
         let send = if self.rank() == root {
             AtLeast(elems::<T>(reach(counts, displs))?)
         } else {
-            Exact(0)
+            Unused
         };
         let recv = elems::<T>(Some(recv_count))?;
         let call = self.call_scatterv::<T>(Len(send.len()), counts, displs, Len(recv), root)?;

@@ -388,7 +388,8 @@ fn abort_brings_the_job_down_with_its_code() {
 
 /// A rank killed by a signal is reported with that signal in every build. (Until libfabric was
 /// loaded only for the `ofi` fabric, a build with the feature loaded Debian's PSM2 provider
-/// libraries in every rank, and their handler turned SIGABRT into "exited with code 1".)
+/// libraries in every rank, and their handler turned SIGABRT into "exited with code 1"; so
+/// this guards builds with the `ofi` feature, as CI's is.)
 #[test]
 fn a_rank_killed_by_sigabrt_is_named_with_its_signal() {
     for fabric in ["shm", "tcp"] {
@@ -427,6 +428,35 @@ fn libfabric_is_loaded_only_by_ranks_using_ofi() {
         check(&out, "libraries over ofi");
         assert_eq!(loaded(&out), [true, true], "over ofi");
     }
+}
+
+/// Where libfabric cannot be loaded (here a broken `libfabric.so.1` found first through
+/// `LD_LIBRARY_PATH`), `OXMPI_FABRIC=ofi` ends the job saying so, and the other fabrics run.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_without_a_loadable_libfabric_says_so_and_shm_runs() {
+    let dir = std::env::temp_dir().join(format!("oxmpi-nofabric-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("libfabric.so.1"), b"not a library").unwrap();
+    let path = dir.to_str().unwrap();
+    let out = oxrun_env(
+        2,
+        &[("OXMPI_FABRIC", "ofi"), ("LD_LIBRARY_PATH", path)],
+        &["zero_self"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("libfabric could not be loaded") && stderr.contains("libfabric.so.1"),
+        "{stderr}"
+    );
+    let out = oxrun_env(
+        2,
+        &[("OXMPI_FABRIC", "shm"), ("LD_LIBRARY_PATH", path)],
+        &["zero_self"],
+    );
+    check(&out, "shm with a broken libfabric on the library path");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -251,6 +251,27 @@ fn every_in_place_form_matches_its_ordinary_form() {
             w.reduce_scatter_in_place(&mut buf, &counts, Op::Sum)
                 .unwrap();
             assert_eq!(buf[..counts[me as usize]], want[..], "reduce_scatter");
+            assert_eq!(
+                buf[counts[me as usize]..],
+                mine(off)[counts[me as usize]..],
+                "reduce_scatter: the rest"
+            );
+
+            // An empty buffer is a collective of nothing; a length that is not a multiple of
+            // the size is refused (on every rank, so no rank is left waiting).
+            w.allgather_in_place::<i64>(&mut []).unwrap();
+            assert!(
+                matches!(
+                    w.allgather_in_place(&mut vec![0i64; 2 * p + 1]),
+                    Err(Error::BufferSize { .. })
+                ) || p == 1
+            );
+            assert!(
+                matches!(
+                    w.alltoall_in_place(&mut vec![0i64; 2 * p + 1]),
+                    Err(Error::BufferSize { .. })
+                ) || p == 1
+            );
 
             // A block reaching past the buffer, or too few counts: an error, not a panic.
             let far = vec![usize::MAX; p];
@@ -378,6 +399,22 @@ fn nonblocking_in_place_forms_match_the_blocking_ones() {
             for k in 0..14 {
                 assert_eq!(got[k], want[k], "collective {k} on {p} ranks");
             }
+
+            // Past the eager limit (rendezvous): the request's copy of the input is what the
+            // peers read while the buffer is being overwritten.
+            let big = 40_000 * p;
+            let (mut a, mut b) = (start(big, 20), start(big, 21));
+            let (mut wa, mut wb) = (a.clone(), b.clone());
+            w.allreduce_in_place(&mut wa, Op::Sum).unwrap();
+            w.alltoall_in_place(&mut wb).unwrap();
+            w.scope(|s| {
+                let x = s.iallreduce_in_place(&mut a, Op::Sum).unwrap();
+                let y = s.ialltoall_in_place(&mut b).unwrap();
+                y.wait().unwrap();
+                x.wait().unwrap();
+            });
+            assert_eq!(a, wa, "large iallreduce_in_place");
+            assert_eq!(b, wb, "large ialltoall_in_place");
         });
     }
 }
@@ -670,6 +707,60 @@ fn persistent_form_of_every_collective() {
             w.alltoall(&s1, &mut w1).unwrap();
             w.allgather(&s2, &mut w2).unwrap();
             assert_eq!((r1, r2), (w1, w2), "started on a scope");
+
+            // A v-form plan on a longer buffer, started on a scope.
+            let sent = input(9, counts[me as usize]);
+            let mut longer = vec![5u32; at_root(extent + 3)];
+            w.scope(|s| {
+                s.start_persistent(&gatherv, &sent, &mut longer)
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            });
+            let mut want = vec![5u32; at_root(extent + 3)];
+            w.gatherv(&sent, &mut want, &counts, &displs, root).unwrap();
+            assert_eq!(longer, want, "gatherv plan on a longer buffer, on a scope");
+
+            // Off the root, buffers only the root uses are ignored whatever their length, as
+            // the blocking forms ignore them.
+            if me != root {
+                let mut ignored = vec![3u32; 7];
+                reduce.run(&input(0, 3), &mut ignored).unwrap();
+                gather.run(&input(0, 2), &mut ignored).unwrap();
+                scatter.run(&[1, 2, 3], &mut ignored[..2]).unwrap();
+                assert_eq!(ignored[2..], [3; 5], "an unused buffer is not written");
+            } else {
+                let mut r = vec![0u32; 3];
+                reduce.run(&input(0, 3), &mut r).unwrap();
+                let mut g = vec![0u32; 2 * p];
+                gather.run(&input(0, 2), &mut g).unwrap();
+                let mut mine = vec![0u32; 2];
+                scatter.run(&input(0, 2 * p), &mut mine).unwrap();
+            }
+
+            // A plan made on a split communicator runs there, also when a scope of the world
+            // starts it; both communicators go on working afterwards.
+            let half = w.split(Some(me % 2), me as i32).unwrap().unwrap();
+            let hp = half.allreduce_init::<u32, _>(2, Op::Sum).unwrap();
+            let mut hr = vec![0u32; 2];
+            let hs = [me, 1];
+            w.scope(|s| {
+                s.start_persistent(&hp, &hs, &mut hr)
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            });
+            let same_parity: u32 = (0..p as u32).filter(|r| r % 2 == me % 2).sum();
+            assert_eq!(
+                hr,
+                [same_parity, half.size()],
+                "split plan on the world's scope"
+            );
+            let mut x = [0u32];
+            half.allreduce(&[1], &mut x, Op::Sum).unwrap();
+            assert_eq!(x, [half.size()]);
+            w.allreduce(&[1], &mut x, Op::Sum).unwrap();
+            assert_eq!(x, [p as u32]);
 
             // Wrong lengths are refused, and the plan still runs afterwards.
             let mut short = vec![0u32; 2 * p - 1];

@@ -14,8 +14,9 @@ macro_rules! thread_ranks {
 
         /// Runs `f(universe)` on `n` thread-ranks and propagates panics. A rank that panicked
         /// (a failed check) can leave its peers waiting for it forever, since thread-ranks
-        /// cannot see one another die: a few seconds after the first panic the test fails
-        /// with it, rather than hanging.
+        /// cannot see one another die: a few seconds after the first rank has ended in a panic
+        /// the test fails with it, rather than hanging. (A rank that panics inside a scope
+        /// with requests in flight waits for them while it unwinds, so it may not end.)
         fn threads(n: u32, f: impl Fn(oxmpi::Universe) + Send + Sync + Copy + 'static) {
             let mut handles: Vec<Option<std::thread::JoinHandle<()>>> = fabrics(n)
                 .into_iter()
