@@ -2,10 +2,10 @@
 //! memory and TCP: every collective, forced to each of its algorithms in turn, with counts
 //! including 0 and non-multiples of the rank count, every result checked against what it must
 //! be; then concurrent nonblocking collectives on overlapping communicators, and persistent
-//! ones on large buffers.
+//! and in-place ones on large buffers.
 //!
 //! Usage: `coll_suite [SECTION...]` with sections `algorithms`, `concurrent`, `persistent`,
-//! `env` (default: the first three). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
+//! `in_place`, `env` (default: all but `env`). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
 
 use oxmpi::{Communicator, Error, Op, UserOp};
 use oxmpi_collectives::registry::{algorithms, Coll};
@@ -364,6 +364,58 @@ fn persistent_section(w: &Communicator) -> R<usize> {
     Ok(checks)
 }
 
+/// In-place collectives, blocking and nonblocking, on buffers past the eager limit, each
+/// against its ordinary form.
+fn in_place_section(w: &Communicator) -> R<usize> {
+    let (me, p) = (w.rank(), w.size() as usize);
+    let n = 30_000;
+    let root = w.size() - 1;
+    let input =
+        |round: u32, len: usize| -> Vec<u32> { (0..len).map(|i| val(me, i) + round).collect() };
+    let mut checks = 0;
+    for round in 0..3 {
+        let mut want = vec![0; n];
+        w.allreduce(&input(round, n), &mut want, Op::Sum)?;
+        let mut buf = input(round, n);
+        w.allreduce_in_place(&mut buf, Op::Sum)?;
+        check(buf == want, || format!("allreduce_in_place round {round}"));
+        let mut want = vec![0; n * p];
+        w.alltoall(&input(round, n * p), &mut want)?;
+        let mut buf = input(round, n * p);
+        w.alltoall_in_place(&mut buf)?;
+        check(buf == want, || format!("alltoall_in_place round {round}"));
+        let mut want = vec![0; if me == root { n * p } else { 0 }];
+        w.gather(&input(round, n), &mut want, root)?;
+        let mut buf = if me == root {
+            let mut b = vec![0; n * p];
+            b[me as usize * n..][..n].copy_from_slice(&input(round, n));
+            b
+        } else {
+            input(round, n)
+        };
+        w.gather_in_place(&mut buf, root)?;
+        check(me != root || buf == want, || {
+            format!("gather_in_place round {round}")
+        });
+        let (mut a, mut b) = (input(round, n), input(round, n * p));
+        w.scope(|s| -> R {
+            let x = s.iallreduce_in_place(&mut a, Op::Max)?;
+            let y = s.ireduce_scatter_block_in_place(&mut b, n, Op::Sum)?;
+            y.wait()?;
+            x.wait()
+        })?;
+        let mut want = vec![0; n];
+        w.allreduce(&input(round, n), &mut want, Op::Max)?;
+        check(a == want, || format!("iallreduce_in_place round {round}"));
+        w.reduce_scatter_block(&input(round, n * p), &mut want, Op::Sum)?;
+        check(b[..n] == want[..], || {
+            format!("ireduce_scatter_block_in_place round {round}")
+        });
+        checks += 5;
+    }
+    Ok(checks)
+}
+
 /// The algorithm forced by `OXMPI_COLL_ALLREDUCE` is used; `OXMPI_COLL_BCAST=nope` errors.
 fn env_section(w: &Communicator) -> R<usize> {
     let forced = std::env::var("OXMPI_COLL_ALLREDUCE").unwrap_or_default();
@@ -389,7 +441,7 @@ fn main() -> R {
     let w = u.world();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sections: Vec<&str> = if args.is_empty() {
-        vec!["algorithms", "concurrent", "persistent"]
+        vec!["algorithms", "concurrent", "persistent", "in_place"]
     } else {
         args.iter().map(String::as_str).collect()
     };
@@ -398,6 +450,7 @@ fn main() -> R {
             "algorithms" => algorithms_section(&w)?,
             "concurrent" => concurrent_section(&w)?,
             "persistent" => persistent_section(&w)?,
+            "in_place" => in_place_section(&w)?,
             "env" => env_section(&w)?,
             other => {
                 eprintln!("coll_suite: unknown section {other}");

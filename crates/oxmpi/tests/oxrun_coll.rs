@@ -54,7 +54,7 @@ fn every_algorithm(fabric: &str) {
         expect_ok(
             &out,
             &format!("{fabric} with {n} ranks"),
-            &["algorithms", "concurrent", "persistent"],
+            &["algorithms", "concurrent", "persistent", "in_place"],
         );
     }
 }
@@ -81,7 +81,7 @@ fn every_collective_and_algorithm_over_shm_with_assisted_reads() {
         expect_ok(
             &out,
             &format!("shm with assisted reads, {n} ranks"),
-            &["algorithms", "concurrent", "persistent"],
+            &["algorithms", "concurrent", "persistent", "in_place"],
         );
     }
 }
@@ -106,7 +106,7 @@ fn every_collective_and_algorithm_over_ofi() {
             expect_ok(
                 &out,
                 &format!("ofi provider {provider} with {n} ranks"),
-                &["algorithms", "concurrent", "persistent"],
+                &["algorithms", "concurrent", "persistent", "in_place"],
             );
         }
     }
@@ -121,7 +121,7 @@ fn hierarchical_algorithms_with_several_nodes() {
         expect_ok(
             &out,
             &format!("{n} ranks in nodes of {k}"),
-            &["algorithms", "concurrent", "persistent"],
+            &["algorithms", "concurrent", "persistent", "in_place"],
         );
     }
 }
