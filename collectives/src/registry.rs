@@ -164,7 +164,81 @@ pub enum Spec {
     },
 }
 
+/// Which field of [`Spec::agreement`] is which: what the ranks disagreed on.
+pub const AGREEMENT_FIELDS: [&str; 4] = [
+    "collective",
+    "root",
+    "count (bytes per rank, or the counts every rank passes)",
+    "reduction (element size, commutativity)",
+];
+
+/// No such field for this collective.
+const NONE: u64 = u64::MAX;
+
+/// FNV-1a over `counts`: a fingerprint of a counts array every rank must pass alike.
+fn fingerprint(counts: &[usize]) -> u64 {
+    counts.iter().fold(0xcbf2_9ce4_8422_2325, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    }) & (NONE >> 1)
+}
+
 impl Spec {
+    /// What every rank calling this collective must agree on, as numbers to compare across
+    /// the ranks (the checking mode, `OXMPI_COLL_CHECK=1`, compares them before each blocking
+    /// collective): the collective, its root, the bytes per rank where the collective fixes
+    /// them (the counts array, fingerprinted, where every rank passes the same one), and a
+    /// reduction's element size and commutativity. `u64::MAX` marks a field the collective
+    /// does not have; see [`AGREEMENT_FIELDS`].
+    pub fn agreement(&self) -> [u64; 4] {
+        let code = self.coll().code() as u64;
+        let op = |elem: &usize, commutative: &bool| (*elem as u64) << 1 | *commutative as u64;
+        let (root, bytes, red) = match self {
+            Spec::Barrier => (NONE, NONE, NONE),
+            Spec::Bcast { root, bytes } => (*root as u64, *bytes as u64, NONE),
+            Spec::Reduce {
+                root,
+                bytes,
+                elem,
+                commutative,
+            } => (*root as u64, *bytes as u64, op(elem, commutative)),
+            Spec::Allreduce {
+                bytes,
+                elem,
+                commutative,
+            }
+            | Spec::Scan {
+                bytes,
+                elem,
+                commutative,
+            }
+            | Spec::Exscan {
+                bytes,
+                elem,
+                commutative,
+            } => (NONE, *bytes as u64, op(elem, commutative)),
+            Spec::Gather { root, block } | Spec::Scatter { root, block } => {
+                (*root as u64, *block as u64, NONE)
+            }
+            // The layouts are the root's alone; only the root must agree.
+            Spec::Gatherv { root, .. } | Spec::Scatterv { root, .. } => (*root as u64, NONE, NONE),
+            Spec::Allgather { block } | Spec::Alltoall { block } => (NONE, *block as u64, NONE),
+            // Every rank passes the same counts (the displacements are its own).
+            Spec::Allgatherv { recv, .. } => (NONE, fingerprint(&recv.counts), NONE),
+            Spec::Alltoallv { .. } => (NONE, NONE, NONE),
+            Spec::ReduceScatter {
+                blocks,
+                elem,
+                commutative,
+            } => (NONE, fingerprint(&blocks.counts), op(elem, commutative)),
+            Spec::ReduceScatterBlock {
+                block,
+                elem,
+                commutative,
+            } => (NONE, *block as u64, op(elem, commutative)),
+        };
+        [code, root, bytes, red]
+    }
+
     pub fn coll(&self) -> Coll {
         match self {
             Spec::Barrier => Coll::Barrier,
@@ -732,6 +806,46 @@ fn reduce_scatter_with(b: &mut Builder, g: &Group, name: &str, blocks: &Blocks, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agreement_separates_what_ranks_must_share_from_what_is_their_own() {
+        let bcast = |root, bytes| Spec::Bcast { root, bytes }.agreement();
+        assert_eq!(bcast(1, 8), bcast(1, 8));
+        assert_ne!(bcast(0, 8)[1], bcast(1, 8)[1], "root");
+        assert_ne!(bcast(0, 8)[2], bcast(0, 16)[2], "bytes");
+        let ar = |elem, commutative| Spec::Allreduce {
+            bytes: 8,
+            elem,
+            commutative,
+        };
+        assert_ne!(ar(4, true).agreement()[0], bcast(0, 8)[0], "collective");
+        assert_ne!(ar(4, true).agreement()[3], ar(8, true).agreement()[3]);
+        assert_ne!(ar(4, true).agreement()[3], ar(4, false).agreement()[3]);
+        // A gatherv's layout is the root's: other ranks pass none, and still agree.
+        let gv = |counts: Vec<usize>| {
+            Spec::Gatherv {
+                root: 0,
+                send: 4,
+                recv: Blocks {
+                    displs: vec![0; counts.len()],
+                    counts,
+                },
+            }
+            .agreement()
+        };
+        assert_eq!(gv(vec![1, 2]), gv(vec![]));
+        // An allgatherv's counts are everyone's; the displacements are each rank's own.
+        let agv = |counts: Vec<usize>, displs: Vec<usize>| {
+            Spec::Allgatherv {
+                send: 4,
+                recv: Blocks { counts, displs },
+            }
+            .agreement()
+        };
+        assert_eq!(agv(vec![1, 2], vec![0, 1]), agv(vec![1, 2], vec![5, 0]));
+        assert_ne!(agv(vec![1, 2], vec![0, 1]), agv(vec![2, 1], vec![0, 2]));
+        assert!(AGREEMENT_FIELDS.len() == bcast(0, 0).len());
+    }
 
     #[test]
     fn builtin_table_parses_and_selects_by_size() {

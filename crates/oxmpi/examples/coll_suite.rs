@@ -5,7 +5,8 @@
 //! and in-place ones on large buffers.
 //!
 //! Usage: `coll_suite [SECTION...]` with sections `algorithms`, `concurrent`, `persistent`,
-//! `in_place`, `env` (default: all but `env`). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
+//! `in_place`, `env`, `check` (default: all but `env` and `check`, which need their
+//! environment variables). Rank 0 prints `coll_suite: <section> ok (<n> checks)`.
 
 use oxmpi::{Communicator, Error, Op, UserOp};
 use oxmpi_collectives::registry::{algorithms, Coll};
@@ -436,6 +437,23 @@ fn env_section(w: &Communicator) -> R<usize> {
     Ok(3)
 }
 
+/// Run with `OXMPI_COLL_CHECK=1`: the check is on, catches a root only the last rank believes
+/// in on every rank, and leaves agreeing collectives alone (the algorithms section runs too).
+fn check_section(w: &Communicator) -> R<usize> {
+    let (me, last) = (w.rank(), w.size() - 1);
+    let mut b = [me; 3];
+    let root = if me == last { last } else { 0 };
+    match w.bcast(&mut b, root) {
+        Err(Error::CollectiveDisagreement { field: "root" }) => {}
+        other if last == 0 => other?,
+        other => check(false, || format!("disagreeing roots gave {other:?}")),
+    }
+    check(last == 0 || b == [me; 3], || {
+        "a checked bcast ran anyway".into()
+    });
+    Ok(1 + algorithms_section(w)?)
+}
+
 fn main() -> R {
     let u = oxmpi::init()?;
     let w = u.world();
@@ -451,6 +469,7 @@ fn main() -> R {
             "concurrent" => concurrent_section(&w)?,
             "persistent" => persistent_section(&w)?,
             "in_place" => in_place_section(&w)?,
+            "check" => check_section(&w)?,
             "env" => env_section(&w)?,
             other => {
                 eprintln!("coll_suite: unknown section {other}");

@@ -19,7 +19,7 @@ use bytemuck::Pod;
 use oxmpi_collectives::algorithms::Blocks;
 use oxmpi_collectives::exec::TempPool;
 use oxmpi_collectives::registry::{self, AlgoInfo, Coll, Spec};
-use oxmpi_collectives::{CollError, Kernel, ReduceOp, Route, Run, Schedule, TypedKernel};
+use oxmpi_collectives::{CollError, Kernel, Op, ReduceOp, Route, Run, Schedule, TypedKernel};
 use oxmpi_fabric::{lend_scope, Fabric, Region};
 use oxmpi_p2p::Engine;
 use std::marker::PhantomData;
@@ -816,8 +816,46 @@ impl Communicator {
         run.result().map_err(|e| self.coll_error(e))
     }
 
-    /// Runs a call to completion (the blocking form).
+    /// Runs a call to completion (the blocking form), after checking that the ranks agree on
+    /// its arguments if the check is on.
     pub(crate) fn run_call(&self, call: Call<'_>) -> Result<(), Error> {
+        if self.shared.check.get() {
+            self.check_agreement(&call.spec)?;
+        }
+        self.run_unchecked(call)
+    }
+
+    /// Compares what the ranks must agree on for `spec` ([`Spec::agreement`]) with one
+    /// allreduce of each value and its complement under `Max` (the maximum and the minimum at
+    /// once): every rank learns the same answer, so all fail or none does.
+    fn check_agreement(&self, spec: &Spec) -> Result<(), Error> {
+        let mine = spec.agreement();
+        let mut both = [0u64; 8];
+        for (i, v) in mine.iter().enumerate() {
+            both[i] = *v;
+            both[i + 4] = !*v;
+        }
+        let mut all = [0u64; 8];
+        self.run_unchecked(self.call_allreduce::<u64, _>(&both[..], &mut all[..], Op::Max)?)?;
+        match (0..4).find(|&i| all[i] != !all[i + 4]) {
+            Some(i) => Err(Error::CollectiveDisagreement {
+                field: registry::AGREEMENT_FIELDS[i],
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns the collective check on or off for this communicator (default:
+    /// `OXMPI_COLL_CHECK=1`). With it on, every blocking collective first compares across the
+    /// ranks what they must agree on (the collective, root, counts, reduction) and fails on
+    /// every rank with [`Error::CollectiveDisagreement`] rather than run mismatched calls,
+    /// at the cost of one small allreduce per call. Every rank must set the same. Nonblocking
+    /// and persistent starts are not checked: a check there would block.
+    pub fn set_collective_check(&self, on: bool) {
+        self.shared.check.set(on);
+    }
+
+    fn run_unchecked(&self, call: Call<'_>) -> Result<(), Error> {
         let sched = self.schedule(&call.spec)?;
         let coll = call.spec.coll();
         let Call {

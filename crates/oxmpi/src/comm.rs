@@ -55,6 +55,9 @@ pub(crate) struct CommShared {
     pub topo: Topology,
     /// The context id to give back when the communicator goes away.
     pub release: Option<(Rc<State>, u32)>,
+    /// Check the ranks' agreement before each blocking collective
+    /// ([`Communicator::set_collective_check`]).
+    pub check: Cell<bool>,
 }
 
 impl Drop for CommShared {
@@ -113,6 +116,7 @@ impl Communicator {
             kernels: RefCell::new(Vec::new()),
             topo,
             release: owned.then(|| (state.clone(), ctx)),
+            check: Cell::new(state.coll_check),
         });
         Self {
             state,

@@ -70,6 +70,14 @@ pub enum Error {
         /// Bytes that came.
         got: usize,
     },
+    /// The ranks called a blocking collective with arguments that must agree but do not: a
+    /// different collective, root, count or reduction (`field` says which). Found only with
+    /// the check on (`OXMPI_COLL_CHECK=1`, [`crate::Communicator::set_collective_check`]);
+    /// every rank gets it, and none ran the collective.
+    CollectiveDisagreement {
+        /// What differed.
+        field: &'static str,
+    },
     /// An internal inconsistency (a bug in oxmpi); the operation was stopped.
     Internal(String),
 
@@ -111,6 +119,10 @@ impl std::fmt::Display for Error {
             Self::Algorithm(m) => write!(f, "collective algorithm: {m}"),
             Self::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Self::NoContext => write!(f, "no free communicator context id (free some communicators)"),
+            Self::CollectiveDisagreement { field } => write!(
+                f,
+                "collective arguments differ between ranks: the {field} (found by the collective check)"
+            ),
             Self::CollectiveMismatch { rank, expected, got } => write!(
                 f,
                 "collective count mismatch: rank {rank} sent {got} bytes where {expected} were expected (ranks passed different counts)"

@@ -167,6 +167,7 @@ impl Universe {
                 .into_iter()
                 .filter_map(|c| oxmpi_collectives::registry::forced_from_env(c).map(|a| (c, a)))
                 .collect(),
+            coll_check: std::env::var("OXMPI_COLL_CHECK").is_ok_and(|v| v == "1" || v == "true"),
             topo,
             free_ctx: RefCell::new(comm_create::all_free()),
         };

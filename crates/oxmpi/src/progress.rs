@@ -140,6 +140,9 @@ pub(crate) struct State {
     pub table: Table,
     /// Algorithms forced by `OXMPI_COLL_<NAME>`, read once at start-up.
     pub forced_env: Vec<(oxmpi_collectives::Coll, String)>,
+    /// `OXMPI_COLL_CHECK=1`: new communicators check that the ranks agree on each blocking
+    /// collective's arguments before running it.
+    pub coll_check: bool,
     /// Which world ranks share a node.
     pub topo: Topology,
     /// Free context ids (see `comm_create`): bit `i` of word `i / 64` set when free.

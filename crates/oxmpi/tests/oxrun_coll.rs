@@ -144,6 +144,20 @@ fn environment_forces_algorithms_and_rejects_unknown_ones() {
     expect_ok(&oxrun(4, &env, &["env"]), "hierarchical forced", &["env"]);
 }
 
+/// `OXMPI_COLL_CHECK=1`: ranks that disagree on a root all get an error, and every algorithm
+/// of every collective still runs with the check in front of each call.
+#[test]
+fn the_collective_check_runs_through_oxrun() {
+    for n in [1, 3] {
+        let env = [("OXMPI_FABRIC", "shm"), ("OXMPI_COLL_CHECK", "1")];
+        expect_ok(
+            &oxrun(n, &env, &["check"]),
+            &format!("OXMPI_COLL_CHECK=1 on {n} ranks"),
+            &["check"],
+        );
+    }
+}
+
 #[test]
 fn oxrun_prints_the_selection_table() {
     let out = Command::new(bin("oxrun"))

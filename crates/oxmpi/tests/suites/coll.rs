@@ -419,6 +419,67 @@ fn nonblocking_in_place_forms_match_the_blocking_ones() {
     }
 }
 
+/// With the collective check on, ranks that disagree on a blocking collective's root, count,
+/// kind or reduction all get `CollectiveDisagreement` and none runs it; agreeing calls run,
+/// and the communicator goes on working.
+#[test]
+fn the_collective_check_catches_disagreeing_ranks() {
+    threads(3, |u| {
+        let w = u.world();
+        let me = w.rank();
+        w.set_collective_check(true);
+        let field = |e: Error| match e {
+            Error::CollectiveDisagreement { field } => field,
+            other => panic!("expected a disagreement, got {other}"),
+        };
+        // Rank 2 takes itself for the root.
+        let mut b = [me; 2];
+        let e = w.bcast(&mut b, if me == 2 { 2 } else { 0 }).unwrap_err();
+        assert_eq!(field(e), "root");
+        assert_eq!(b, [me; 2], "no rank ran the bcast");
+        // Rank 1 passes one element more.
+        let n = if me == 1 { 3 } else { 2 };
+        let e = w
+            .allreduce(&vec![1u32; n], &mut vec![0u32; n], Op::Sum)
+            .unwrap_err();
+        assert!(field(e).starts_with("count"));
+        // The same bytes, different element types.
+        let e = if me == 0 {
+            w.allreduce(&[1u64], &mut [0u64], Op::Sum)
+        } else {
+            w.allreduce(&[1u32, 1], &mut [0u32; 2], Op::Sum)
+        }
+        .unwrap_err();
+        assert!(field(e).starts_with("reduction"));
+        // Different collectives.
+        let e = if me == 0 {
+            w.barrier()
+        } else {
+            w.allreduce(&[1u8], &mut [0u8], Op::Sum)
+        }
+        .unwrap_err();
+        assert_eq!(field(e), "collective");
+        // A gatherv's layout is the root's alone: no disagreement there.
+        let counts = [1, 1, 1];
+        let mut g = vec![0u32; if me == 0 { 3 } else { 0 }];
+        let (c, d): (&[usize], &[usize]) = if me == 0 {
+            (&counts, &[0, 1, 2])
+        } else {
+            (&[], &[])
+        };
+        w.gatherv(&[me], &mut g, c, d, 0).unwrap();
+        if me == 0 {
+            assert_eq!(g, [0, 1, 2]);
+        }
+        let mut x = [0u32];
+        w.allreduce(&[1], &mut x, Op::Sum).unwrap();
+        assert_eq!(x, [3]);
+        w.set_collective_check(false);
+        w.allreduce(&[2], &mut x, Op::Sum).unwrap();
+        assert_eq!(x, [6]);
+    });
+}
+
 #[test]
 fn misuse_is_an_error_on_the_rank_that_made_it() {
     threads(2, |u| {
