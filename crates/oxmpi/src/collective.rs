@@ -184,6 +184,17 @@ pub(crate) struct Call<'a> {
     pub(crate) send: &'a [u8],
     pub(crate) recv: &'a mut [u8],
     pub(crate) kernel: Option<Rc<dyn Kernel>>,
+    /// Which reduction, for the collective check: [`op_code`] of the op, `NO_OP` without one.
+    pub(crate) op: u64,
+}
+
+/// `Call::op` of a collective that reduces nothing.
+const NO_OP: u64 = u64::MAX;
+
+/// A code for `op` that ranks can compare: the builtin op's number, or one code for every
+/// user op (closures cannot be compared across processes).
+fn op_code<T, O: ReduceOp<T>>(op: &O) -> u64 {
+    op.builtin().map_or(1 << 32, |b| b as u64)
 }
 
 /// A send-buffer argument of a call builder: the caller's buffer, or, for a persistent plan
@@ -325,6 +336,7 @@ impl Communicator {
             send: &[],
             recv: &mut [],
             kernel: None,
+            op: NO_OP,
         }
     }
 
@@ -342,6 +354,7 @@ impl Communicator {
             send: &[],
             recv: buf.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -367,6 +380,7 @@ impl Communicator {
             },
             send: send.bytes(),
             recv: if at_root { recv.into_bytes() } else { &mut [] },
+            op: op_code(&op),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -387,6 +401,7 @@ impl Communicator {
             },
             send: send.bytes(),
             recv: recv.into_bytes(),
+            op: op_code(&op),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -418,6 +433,7 @@ impl Communicator {
             },
             send: send.bytes(),
             recv: recv.into_bytes(),
+            op: op_code(&op),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -446,6 +462,7 @@ impl Communicator {
             send: send.bytes(),
             recv: if at_root { recv.into_bytes() } else { &mut [] },
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -480,6 +497,7 @@ impl Communicator {
             send: send.bytes(),
             recv: if at_root { recv.into_bytes() } else { &mut [] },
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -507,6 +525,7 @@ impl Communicator {
             send: if at_root { send.bytes() } else { &[] },
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -541,6 +560,7 @@ impl Communicator {
             send: if at_root { send.bytes() } else { &[] },
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -562,6 +582,7 @@ impl Communicator {
             send: send.bytes(),
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -587,6 +608,7 @@ impl Communicator {
             send: send.bytes(),
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -612,6 +634,7 @@ impl Communicator {
             send: send.bytes(),
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -644,6 +667,7 @@ impl Communicator {
             send: send.bytes(),
             recv: recv.into_bytes(),
             kernel: None,
+            op: NO_OP,
         })
     }
 
@@ -668,6 +692,7 @@ impl Communicator {
             },
             send: send.bytes(),
             recv: recv.into_bytes(),
+            op: op_code(&op),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -702,6 +727,7 @@ impl Communicator {
             },
             send: send.bytes(),
             recv: recv.into_bytes(),
+            op: op_code(&op),
             kernel: Some(self.kernel(op)?),
         })
     }
@@ -820,7 +846,7 @@ impl Communicator {
     /// its arguments if the check is on.
     pub(crate) fn run_call(&self, call: Call<'_>) -> Result<(), Error> {
         if self.shared.check.get() {
-            self.check_agreement(&call.spec)?;
+            self.check_agreement(&call.spec, call.op)?;
         }
         self.run_unchecked(call)
     }
@@ -828,18 +854,23 @@ impl Communicator {
     /// Compares what the ranks must agree on for `spec` ([`Spec::agreement`]) with one
     /// allreduce of each value and its complement under `Max` (the maximum and the minimum at
     /// once): every rank learns the same answer, so all fail or none does.
-    fn check_agreement(&self, spec: &Spec) -> Result<(), Error> {
-        let mine = spec.agreement();
-        let mut both = [0u64; 8];
+    fn check_agreement(&self, spec: &Spec, op: u64) -> Result<(), Error> {
+        const N: usize = registry::AGREEMENT_FIELDS.len() + 1;
+        let mut mine = [op; N];
+        mine[..N - 1].copy_from_slice(&spec.agreement());
+        let mut both = [0u64; 2 * N];
         for (i, v) in mine.iter().enumerate() {
             both[i] = *v;
-            both[i + 4] = !*v;
+            both[i + N] = !*v;
         }
-        let mut all = [0u64; 8];
+        let mut all = [0u64; 2 * N];
         self.run_unchecked(self.call_allreduce::<u64, _>(&both[..], &mut all[..], Op::Max)?)?;
-        match (0..4).find(|&i| all[i] != !all[i + 4]) {
+        match (0..N).find(|&i| all[i] != !all[i + N]) {
             Some(i) => Err(Error::CollectiveDisagreement {
-                field: registry::AGREEMENT_FIELDS[i],
+                field: registry::AGREEMENT_FIELDS
+                    .get(i)
+                    .copied()
+                    .unwrap_or("reduction operation"),
             }),
             None => Ok(()),
         }
@@ -847,7 +878,8 @@ impl Communicator {
 
     /// Turns the collective check on or off for this communicator (default:
     /// `OXMPI_COLL_CHECK=1`). With it on, every blocking collective first compares across the
-    /// ranks what they must agree on (the collective, root, counts, reduction) and fails on
+    /// ranks what they must agree on (the collective, root, counts, the reduction's element
+    /// size, commutativity and builtin op; all user ops count as one) and fails on
     /// every rank with [`Error::CollectiveDisagreement`] rather than run mismatched calls,
     /// at the cost of one small allreduce per call. Every rank must set the same. Nonblocking
     /// and persistent starts are not checked: a check there would block.

@@ -451,6 +451,10 @@ fn the_collective_check_catches_disagreeing_ranks() {
         }
         .unwrap_err();
         assert!(field(e).starts_with("reduction"));
+        // The same types, different builtin ops.
+        let op = if me == 2 { Op::Max } else { Op::Sum };
+        let e = w.allreduce(&[1u32], &mut [0u32], op).unwrap_err();
+        assert_eq!(field(e), "reduction operation");
         // Different collectives.
         let e = if me == 0 {
             w.barrier()
