@@ -254,6 +254,19 @@ impl<'s> Scope<'s, '_> {
         ))
     }
 
+    /// Copies all of `buf` as the input and starts the call `make` builds from the input's
+    /// length and `buf` as the output.
+    fn start_on_copy<T: Pod>(
+        &self,
+        buf: &'s mut [T],
+        make: impl FnOnce(&Communicator, Len, &'s mut [T]) -> Result<Call<'s>, Error>,
+    ) -> Result<CollRequest<'s>, Error> {
+        let input = input_copy(buf);
+        let len = Len(buf.len());
+        let call = make(self.comm(), len, buf)?;
+        self.start_on_input(call, input)
+    }
+
     /// `MPI_Ireduce` with `MPI_IN_PLACE` (see [`Communicator::reduce_in_place`]).
     pub fn ireduce_in_place<T: Pod, O: ReduceOp<T>>(
         &self,
@@ -261,11 +274,7 @@ impl<'s> Scope<'s, '_> {
         op: O,
         root: u32,
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let call = self
-            .comm()
-            .call_reduce::<T, O>(Len(buf.len()), buf, op, root)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| c.call_reduce::<T, O>(n, out, op, root))
     }
 
     /// `MPI_Iallreduce` with `MPI_IN_PLACE`.
@@ -274,11 +283,7 @@ impl<'s> Scope<'s, '_> {
         buf: &'s mut [T],
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let call = self
-            .comm()
-            .call_allreduce::<T, O>(Len(buf.len()), buf, op)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| c.call_allreduce::<T, O>(n, out, op))
     }
 
     /// `MPI_Iscan` with `MPI_IN_PLACE`.
@@ -287,11 +292,7 @@ impl<'s> Scope<'s, '_> {
         buf: &'s mut [T],
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let call = self
-            .comm()
-            .call_scan::<T, O>(Len(buf.len()), buf, op, false)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| c.call_scan::<T, O>(n, out, op, false))
     }
 
     /// `MPI_Iexscan` with `MPI_IN_PLACE` (rank 0's `buf` is left as it was).
@@ -300,11 +301,7 @@ impl<'s> Scope<'s, '_> {
         buf: &'s mut [T],
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let call = self
-            .comm()
-            .call_scan::<T, O>(Len(buf.len()), buf, op, true)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| c.call_scan::<T, O>(n, out, op, true))
     }
 
     /// `MPI_Igather` with `MPI_IN_PLACE` at the root (see [`Communicator::gather_in_place`]).
@@ -410,9 +407,7 @@ impl<'s> Scope<'s, '_> {
 
     /// `MPI_Ialltoall` with `MPI_IN_PLACE`.
     pub fn ialltoall_in_place<T: Pod>(&self, buf: &'s mut [T]) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let call = self.comm().call_alltoall::<T>(Len(buf.len()), buf)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| c.call_alltoall::<T>(n, out))
     }
 
     /// `MPI_Ialltoallv` with `MPI_IN_PLACE` (see [`Communicator::alltoallv_in_place`]).
@@ -422,12 +417,9 @@ impl<'s> Scope<'s, '_> {
         counts: &[usize],
         displs: &[usize],
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let n = buf.len();
-        let call = self
-            .comm()
-            .call_alltoallv::<T>(Len(n), counts, displs, buf, counts, displs)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| {
+            c.call_alltoallv::<T>(n, counts, displs, out, counts, displs)
+        })
     }
 
     /// `MPI_Ireduce_scatter_block` with `MPI_IN_PLACE` (see
@@ -438,13 +430,9 @@ impl<'s> Scope<'s, '_> {
         count: usize,
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
-        let input = input_copy(buf);
-        let n = buf.len();
-        let out = head("reduce_scatter_block", buf, count)?;
-        let call = self
-            .comm()
-            .call_reduce_scatter_block::<T, O>(Len(n), out, op)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| {
+            c.call_reduce_scatter_block::<T, O>(n, head("reduce_scatter_block", out, count)?, op)
+        })
     }
 
     /// `MPI_Ireduce_scatter` with `MPI_IN_PLACE` (see
@@ -455,13 +443,10 @@ impl<'s> Scope<'s, '_> {
         counts: &[usize],
         op: O,
     ) -> Result<CollRequest<'s>, Error> {
-        let c = self.comm();
-        let mine = counts.get(c.rank() as usize).copied().unwrap_or(0);
-        let input = input_copy(buf);
-        let n = buf.len();
-        let out = head("reduce_scatter", buf, mine)?;
-        let call = c.call_reduce_scatter::<T, O>(Len(n), out, counts, op)?;
-        self.start_on_input(call, input)
+        self.start_on_copy(buf, |c, n, out| {
+            let mine = counts.get(c.rank() as usize).copied().unwrap_or(0);
+            c.call_reduce_scatter::<T, O>(n, head("reduce_scatter", out, mine)?, counts, op)
+        })
     }
 
     /// Starts `call` (made with [`Len`] for its receive side) with the owned `output` as the
