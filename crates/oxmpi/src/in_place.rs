@@ -57,6 +57,14 @@ fn head<'b, T>(what: &'static str, buf: &'b mut [T], n: usize) -> Result<&'b mut
     })
 }
 
+/// Rank `r`'s block of `buf` cut in `size` equal blocks (a gather's, scatter's or
+/// allgather's layout), and the block length. `r < size`, so the range always lies within
+/// `buf`; a length that is not a multiple of `size` is the ordinary form's error.
+fn equal_block<T>(buf: &[T], size: u32, r: u32) -> (&[T], usize) {
+    let n = buf.len() / size.max(1) as usize;
+    (&buf[r as usize * n..][..n], n)
+}
+
 impl Communicator {
     /// [`reduce`](Self::reduce) with `MPI_IN_PLACE`: `buf` is every rank's input and the
     /// root's output.
@@ -100,9 +108,7 @@ impl Communicator {
     /// receive buffer with the root's block already in place; elsewhere it is the block sent.
     pub fn gather_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
         if self.rank() == root {
-            let n = buf.len() / self.size().max(1) as usize;
-            let r = root as usize;
-            let mine = buf[r * n..(r + 1) * n].to_vec();
+            let mine = equal_block(buf, self.size(), root).0.to_vec();
             self.gather(&mine, buf, root)
         } else {
             self.gather(buf, &mut [], root)
@@ -131,9 +137,7 @@ impl Communicator {
     /// send buffer and the root's block stays where it is; elsewhere it receives the block.
     pub fn scatter_in_place<T: Pod>(&self, buf: &mut [T], root: u32) -> Result<(), Error> {
         if self.rank() == root {
-            let n = buf.len() / self.size().max(1) as usize;
-            let r = root as usize;
-            let mut mine = buf[r * n..(r + 1) * n].to_vec();
+            let mut mine = equal_block(buf, self.size(), root).0.to_vec();
             self.scatter(buf, &mut mine, root)
         } else {
             self.scatter(&[], buf, root)
@@ -161,9 +165,7 @@ impl Communicator {
     /// [`allgather`](Self::allgather) with `MPI_IN_PLACE`: each rank's block is already at its
     /// place in `buf`.
     pub fn allgather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<(), Error> {
-        let n = buf.len() / self.size().max(1) as usize;
-        let r = self.rank() as usize;
-        let mine = buf[r * n..(r + 1) * n].to_vec();
+        let mine = equal_block(buf, self.size(), self.rank()).0.to_vec();
         self.allgather(&mine, buf)
     }
 
@@ -314,9 +316,8 @@ impl<'s> Scope<'s, '_> {
         if c.rank() != root {
             return self.igather(buf, &mut [], root);
         }
-        let n = buf.len() / c.size().max(1) as usize;
-        let r = root as usize;
-        let input = input_copy(&buf[r * n..(r + 1) * n]);
+        let (mine, n) = equal_block(buf, c.size(), root);
+        let input = input_copy(mine);
         let call = c.call_gather::<T>(Len(n), buf, root)?;
         self.start_on_input(call, input)
     }
@@ -353,9 +354,8 @@ impl<'s> Scope<'s, '_> {
         }
         // The root's own block would be copied onto itself: receive it into a copy instead,
         // which the request owns (and drops).
-        let n = buf.len() / c.size().max(1) as usize;
-        let r = root as usize;
-        let own = input_copy(&buf[r * n..(r + 1) * n]);
+        let (mine, n) = equal_block(buf, c.size(), root);
+        let own = input_copy(mine);
         let buf: &'s [T] = buf;
         let call = c.call_scatter::<T>(buf, Len(n), root)?;
         self.start_with_output(call, own)
@@ -384,9 +384,8 @@ impl<'s> Scope<'s, '_> {
     /// `MPI_Iallgather` with `MPI_IN_PLACE` (see [`Communicator::allgather_in_place`]).
     pub fn iallgather_in_place<T: Pod>(&self, buf: &'s mut [T]) -> Result<CollRequest<'s>, Error> {
         let c = self.comm();
-        let n = buf.len() / c.size().max(1) as usize;
-        let r = c.rank() as usize;
-        let input = input_copy(&buf[r * n..(r + 1) * n]);
+        let (mine, n) = equal_block(buf, c.size(), c.rank());
+        let input = input_copy(mine);
         let call = c.call_allgather::<T>(Len(n), buf)?;
         self.start_on_input(call, input)
     }
