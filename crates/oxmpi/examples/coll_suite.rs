@@ -365,14 +365,17 @@ fn persistent_section(w: &Communicator) -> R<usize> {
     Ok(checks)
 }
 
-/// In-place collectives, blocking and nonblocking, on buffers past the eager limit, each
-/// against its ordinary form.
+/// In-place collectives, blocking, nonblocking and persistent, on buffers past the eager
+/// limit, each against its ordinary (or blocking in-place) form.
 fn in_place_section(w: &Communicator) -> R<usize> {
     let (me, p) = (w.rank(), w.size() as usize);
     let n = 30_000;
     let root = w.size() - 1;
     let input =
         |round: u32, len: usize| -> Vec<u32> { (0..len).map(|i| val(me, i) + round).collect() };
+    let allreduce_plan = w.allreduce_init_in_place::<u32, _>(n, Op::Sum)?;
+    let alltoall_plan = w.alltoall_init_in_place::<u32>(n)?;
+    let gather_plan = w.gather_init_in_place::<u32>(n, root)?;
     let mut checks = 0;
     for round in 0..3 {
         let mut want = vec![0; n];
@@ -412,7 +415,26 @@ fn in_place_section(w: &Communicator) -> R<usize> {
         check(b[..n] == want[..], || {
             format!("ireduce_scatter_block_in_place round {round}")
         });
-        checks += 5;
+
+        // The persistent in-place plans, made once, against the blocking in-place forms.
+        let (mut a, mut b) = (input(round, n), input(round, n * p));
+        let mut g = input(round, if me == root { n * p } else { n });
+        w.scope(|s| -> R {
+            let x = s.start_persistent_in_place(&allreduce_plan, &mut a)?;
+            let y = s.start_persistent_in_place(&gather_plan, &mut g)?;
+            alltoall_plan.run(&mut b)?;
+            y.wait()?;
+            x.wait()
+        })?;
+        let (mut wa, mut wb) = (input(round, n), input(round, n * p));
+        let mut wg = input(round, if me == root { n * p } else { n });
+        w.allreduce_in_place(&mut wa, Op::Sum)?;
+        w.alltoall_in_place(&mut wb)?;
+        w.gather_in_place(&mut wg, root)?;
+        check(a == wa, || format!("allreduce_init_in_place round {round}"));
+        check(b == wb, || format!("alltoall_init_in_place round {round}"));
+        check(g == wg, || format!("gather_init_in_place round {round}"));
+        checks += 8;
     }
     Ok(checks)
 }

@@ -20,16 +20,17 @@ use crate::comm::Communicator;
 use crate::request::Scope;
 use crate::Error;
 use bytemuck::Pod;
+use oxmpi_collectives::exec::Run;
 use oxmpi_collectives::registry::Spec;
 use oxmpi_collectives::{Kernel, ReduceOp, Schedule};
-use oxmpi_fabric::lend_scope;
+use oxmpi_fabric::{lend_scope, Region};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use Extent::{AtLeast, Exact, Unused};
 
 /// How long a persistent collective's buffer must be, in elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Extent {
+pub(crate) enum Extent {
     /// Exactly this many: the counts fix the length.
     Exact(usize),
     /// At least this many: a v-form's counts and displacements reach this far.
@@ -41,14 +42,14 @@ enum Extent {
 
 impl Extent {
     /// The buffer length the plan is built with.
-    fn len(self) -> usize {
+    pub(crate) fn len(self) -> usize {
         match self {
             Self::Exact(n) | Self::AtLeast(n) => n,
             Self::Unused => 0,
         }
     }
 
-    fn check(self, buffer: &'static str, got: usize) -> Result<(), Error> {
+    pub(crate) fn check(self, buffer: &'static str, got: usize) -> Result<(), Error> {
         const WHAT: &str = "persistent collective";
         match self {
             Self::Exact(n) => len_check(WHAT, buffer, got, n),
@@ -66,7 +67,7 @@ impl Extent {
 
 /// How far `counts` elements at `displs` reach into a buffer (0 for no blocks; `None` past
 /// `usize`).
-fn reach(counts: &[usize], displs: &[usize]) -> Option<usize> {
+pub(crate) fn reach(counts: &[usize], displs: &[usize]) -> Option<usize> {
     counts
         .iter()
         .zip(displs)
@@ -76,7 +77,7 @@ fn reach(counts: &[usize], displs: &[usize]) -> Option<usize> {
 /// `n` elements of `T` (`None`: an overflowed count), refused when their bytes could not
 /// exist in memory: no buffer of that length could ever be passed, and the byte sizes
 /// computed from it would overflow.
-fn elems<T>(n: Option<usize>) -> Result<usize, Error> {
+pub(crate) fn elems<T>(n: Option<usize>) -> Result<usize, Error> {
     n.filter(|n| {
         n.checked_mul(std::mem::size_of::<T>())
             .is_some_and(|b| b <= isize::MAX as usize)
@@ -109,7 +110,12 @@ impl<T> std::fmt::Debug for Persistent<T> {
 
 impl<T: Pod> Persistent<T> {
     /// Builds a plan from `call`, made from the `send` and `recv` lengths.
-    fn new(comm: &Communicator, call: Call<'_>, send: Extent, recv: Extent) -> Result<Self, Error> {
+    pub(crate) fn new(
+        comm: &Communicator,
+        call: Call<'_>,
+        send: Extent,
+        recv: Extent,
+    ) -> Result<Self, Error> {
         let sched = comm.schedule(&call.spec)?;
         Ok(Self {
             comm: comm.clone(),
@@ -145,18 +151,31 @@ impl<T: Pod> Persistent<T> {
         }
     }
 
+    /// The communicator the plan runs on.
+    pub(crate) fn comm(&self) -> &Communicator {
+        &self.comm
+    }
+
+    /// A run of the plan on `send` and `recv` (lent or owned by the caller, lengths checked).
+    pub(crate) fn new_run(&self, send: Region, recv: Region) -> Run {
+        self.comm.new_run(
+            self.sched.clone(),
+            self.spec.coll(),
+            send,
+            recv,
+            self.kernel.clone(),
+        )
+    }
+
     /// Runs the collective once and waits for it.
     pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
         self.check(send, recv)?;
         let c = &self.comm;
         lend_scope(
             |l| {
-                let run = c.new_run(
-                    self.sched.clone(),
-                    self.spec.coll(),
+                let run = self.new_run(
                     l.lend_region(self.send_part(send)),
                     l.lend_region_mut(self.recv_part(recv)),
-                    self.kernel.clone(),
                 );
                 c.drive(run)
             },
@@ -176,12 +195,9 @@ impl<'s> Scope<'s, '_> {
         recv: &'s mut [T],
     ) -> Result<CollRequest<'s>, Error> {
         plan.check(send, recv)?;
-        let run = plan.comm.new_run(
-            plan.sched.clone(),
-            plan.spec.coll(),
+        let run = plan.new_run(
             self.lender().lend_region(plan.send_part(send)),
             self.lender().lend_region_mut(plan.recv_part(recv)),
-            plan.kernel.clone(),
         );
         Ok(self.start_run(&plan.comm, run))
     }

@@ -108,6 +108,145 @@ fn uneven_blocks_in_reverse(p: usize) -> (Vec<usize>, Vec<usize>, usize) {
     (counts, displs, off)
 }
 
+/// Every persistent in-place plan (`*_init_in_place`) leaves in its buffer what the blocking
+/// in-place form leaves, run blocking and started on a scope, over rounds with new inputs;
+/// a plan started again before its last start completed is refused.
+#[test]
+fn persistent_in_place_form_of_every_collective() {
+    for n in [1, 2, 3, 5] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size() as usize);
+            let root = (p / 2) as u32;
+            let (counts, displs, off) = uneven_blocks_in_reverse(p);
+            let mine = counts[me as usize];
+            let pair: Vec<usize> = (0..p).map(|r| (r + me as usize) % 3).collect();
+            let pdispl: Vec<usize> = (0..p).map(|r| pair[..r].iter().sum()).collect();
+            let start = |len: usize, salt: i64| -> Vec<i64> {
+                (0..len as i64)
+                    .map(|i| me as i64 * 1000 + salt * 100 + i)
+                    .collect()
+            };
+            // The buffer each collective takes on this rank (k numbers them as below).
+            let len = |k: usize| -> usize {
+                match k {
+                    4 | 6 if me != root => 3,
+                    5 | 7 if me != root => mine,
+                    4 | 6 | 8 | 10 => 3 * p,
+                    5 | 7 | 9 => off + 1,
+                    11 => pair.iter().sum(),
+                    12 => 2 * p,
+                    13 => off,
+                    _ => 4,
+                }
+            };
+            let plans = [
+                w.reduce_init_in_place::<i64, _>(4, Op::Sum, root).unwrap(),
+                w.allreduce_init_in_place::<i64, _>(4, Op::Max).unwrap(),
+                w.scan_init_in_place::<i64, _>(4, Op::Sum).unwrap(),
+                w.exscan_init_in_place::<i64, _>(4, Op::Sum).unwrap(),
+                w.gather_init_in_place::<i64>(3, root).unwrap(),
+                w.gatherv_init_in_place::<i64>(mine, &counts, &displs, root)
+                    .unwrap(),
+                w.scatter_init_in_place::<i64>(3, root).unwrap(),
+                w.scatterv_init_in_place::<i64>(&counts, &displs, mine, root)
+                    .unwrap(),
+                w.allgather_init_in_place::<i64>(3).unwrap(),
+                w.allgatherv_init_in_place::<i64>(&counts, &displs).unwrap(),
+                w.alltoall_init_in_place::<i64>(3).unwrap(),
+                w.alltoallv_init_in_place::<i64>(&pair, &pdispl).unwrap(),
+                w.reduce_scatter_block_init_in_place::<i64, _>(2, Op::Sum)
+                    .unwrap(),
+                w.reduce_scatter_init_in_place::<i64, _>(&counts, Op::Sum)
+                    .unwrap(),
+            ];
+            for round in 0..3i64 {
+                let inputs: Vec<Vec<i64>> = (0..14)
+                    .map(|k| start(len(k), 20 * round + k as i64))
+                    .collect();
+                let mut want = inputs.clone();
+                {
+                    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] =
+                        &mut want[..]
+                    else {
+                        unreachable!()
+                    };
+                    w.reduce_in_place(a0, Op::Sum, root).unwrap();
+                    w.allreduce_in_place(a1, Op::Max).unwrap();
+                    w.scan_in_place(a2, Op::Sum).unwrap();
+                    w.exscan_in_place(a3, Op::Sum).unwrap();
+                    w.gather_in_place(a4, root).unwrap();
+                    w.gatherv_in_place(a5, &counts, &displs, root).unwrap();
+                    w.scatter_in_place(a6, root).unwrap();
+                    w.scatterv_in_place(a7, &counts, &displs, root).unwrap();
+                    w.allgather_in_place(a8).unwrap();
+                    w.allgatherv_in_place(a9, &counts, &displs).unwrap();
+                    w.alltoall_in_place(a10).unwrap();
+                    w.alltoallv_in_place(a11, &pair, &pdispl).unwrap();
+                    w.reduce_scatter_block_in_place(a12, 2, Op::Sum).unwrap();
+                    w.reduce_scatter_in_place(a13, &counts, Op::Sum).unwrap();
+                }
+                let mut ran = inputs.clone();
+                for (k, (plan, buf)) in plans.iter().zip(&mut ran).enumerate() {
+                    plan.run(buf).unwrap();
+                    assert_eq!(
+                        *buf, want[k],
+                        "run: collective {k}, round {round}, {p} ranks"
+                    );
+                }
+                let mut started = inputs.clone();
+                w.scope(|s| {
+                    let mut reqs = Vec::new();
+                    for (plan, buf) in plans.iter().zip(&mut started) {
+                        reqs.push(s.start_persistent_in_place(plan, buf).unwrap());
+                    }
+                    while let Some(r) = reqs.pop() {
+                        r.wait().unwrap();
+                    }
+                });
+                for k in 0..14 {
+                    assert_eq!(started[k], want[k], "start: collective {k}, round {round}");
+                }
+            }
+
+            // A buffer of the wrong length is refused before anything is sent.
+            let mut short = vec![0i64; 3];
+            assert!(matches!(
+                plans[1].run(&mut short),
+                Err(Error::BufferSize {
+                    expected: 4,
+                    got: 3,
+                    ..
+                })
+            ));
+
+            // Past the eager limit (rendezvous): the plan's copy of the input is what the
+            // peers read while the buffer is overwritten; a second start before the first
+            // completes is refused and disturbs nothing.
+            let big = 40_000 * p;
+            let plan = w.allreduce_init_in_place::<i64, _>(big, Op::Sum).unwrap();
+            for round in 0..2 {
+                let mut a = start(big, 30 + round);
+                let mut wa = a.clone();
+                w.allreduce_in_place(&mut wa, Op::Sum).unwrap();
+                let mut again = start(big, 40);
+                w.scope(|s| {
+                    let x = s.start_persistent_in_place(&plan, &mut a).unwrap();
+                    // With peers the first start cannot finish before this rank polls again
+                    // (it needs their data); alone it finished at once and gave the copy back.
+                    match s.start_persistent_in_place(&plan, &mut again) {
+                        Err(Error::InvalidArgument(_)) if p > 1 => {}
+                        Ok(y) if p == 1 => y.wait().unwrap(),
+                        other => panic!("a second start on {p} ranks: {other:?}"),
+                    }
+                    x.wait().unwrap();
+                });
+                assert_eq!(a, wa, "large allreduce_init_in_place, round {round}");
+            }
+        });
+    }
+}
+
 /// Every `MPI_IN_PLACE` form leaves in its buffer what the ordinary form leaves in its
 /// receive buffer (where the in-place form defines the rest, that too), on 1, 2, 3 and 5
 /// ranks; blocks outside the buffer are errors, not panics.
