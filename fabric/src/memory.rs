@@ -23,6 +23,7 @@ use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Counts the regions lent out of one scope. Lives on the scope's stack frame.
 #[derive(Debug)]
@@ -88,11 +89,18 @@ impl<'scope, 'env> Lender<'scope, 'env> {
     }
 }
 
+/// How long a scope that a panic unwinds waits for the transport to release its buffers
+/// before the process aborts.
+pub const UNWIND_SETTLE: Duration = Duration::from_secs(2);
+
 /// Runs `f` with a [`Lender`], then calls `settle` (which must drive the transport until the
 /// predicate it is given holds, i.e. no region is outstanding) before returning or unwinding.
 ///
 /// If `settle` returns while regions are still outstanding the process aborts: returning would
-/// let the caller free memory the transport may still write.
+/// let the caller free memory the transport may still write. When `f` panicked, the
+/// predicate also holds once [`UNWIND_SETTLE`] has passed: requests a panic left in flight
+/// often wait for peers that wait for this rank, and a rank stuck unwinding would hang the
+/// job, where an abort brings it down (the panic's message is already printed).
 pub fn lend_scope<'env, T>(
     f: impl for<'scope> FnOnce(&'scope Lender<'scope, 'env>) -> T,
     settle: impl FnOnce(&dyn Fn() -> bool),
@@ -104,11 +112,21 @@ pub fn lend_scope<'env, T>(
     };
     let result = catch_unwind(AssertUnwindSafe(|| f(&lender)));
     if lender.outstanding() != 0 {
-        let done = || lender.outstanding() == 0;
-        if catch_unwind(AssertUnwindSafe(|| settle(&done))).is_err() || !done() {
+        let give_up = result.is_err().then(|| Instant::now() + UNWIND_SETTLE);
+        let done = || lender.outstanding() == 0 || give_up.is_some_and(|t| Instant::now() >= t);
+        let settled = catch_unwind(AssertUnwindSafe(|| settle(&done))).is_ok();
+        if !settled || lender.outstanding() != 0 {
+            let why = if result.is_err() {
+                format!(
+                    "a panic unwound their scope and the transport did not release them within \
+                     {} s",
+                    UNWIND_SETTLE.as_secs()
+                )
+            } else {
+                "they were still held by the transport at the end of their scope".to_string()
+            };
             eprintln!(
-                "oxmpi: {} lent buffer(s) still held by the transport at the end of their scope; \
-                 aborting rather than let it write freed memory",
+                "oxmpi: {} lent buffer(s): {why}; aborting rather than let it write freed memory",
                 lender.outstanding()
             );
             std::process::abort();

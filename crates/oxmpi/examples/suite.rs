@@ -4,7 +4,8 @@
 //!
 //! Usage: `oxrun -n N suite SCENARIO...` with scenarios `flood`, `wildcard`, `zero_self`,
 //! `sizes`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `libraries` (prints whether
-//! libfabric is loaded), the failures `exit3`, `die_in_copy`, `sigabrt` and `abort`, or `all`
+//! libfabric is loaded), the failures `exit3`, `die_in_copy`, `sigabrt`, `panic_in_scope` and
+//! `abort`, or `all`
 //! (every checking scenario).
 
 use oxmpi::{Communicator, Error, ANY_SOURCE, ANY_TAG};
@@ -393,6 +394,19 @@ fn main() -> Result<(), Error> {
                     std::process::abort();
                 }
                 let _ = w.recv_vec::<u8>(w.size() - 1, 0);
+            }
+            "panic_in_scope" => {
+                // Rank 0 panics with a receive in flight that no rank will ever match, while
+                // the others wait for rank 0: it must not hang unwinding its scope.
+                w.barrier()?;
+                if w.rank() == 0 {
+                    let mut buf = [0u8; 8];
+                    w.scope(|s| {
+                        let _r = s.irecv(&mut buf, ANY_SOURCE, 77);
+                        panic!("deliberate panic with a receive in flight");
+                    });
+                }
+                let _ = w.recv_vec::<u8>(0, 0);
             }
             "libraries" => {
                 // Whether this rank has libfabric mapped: only ranks using the ofi fabric should.

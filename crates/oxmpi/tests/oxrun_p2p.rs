@@ -401,6 +401,24 @@ fn a_rank_killed_by_sigabrt_is_named_with_its_signal() {
     }
 }
 
+/// A rank that panics inside a scope with a receive in flight that nothing will match (its
+/// peers wait for it) aborts after waiting 2 s for the transport, rather than hang
+/// unwinding: the job ends, naming the rank and the panic.
+#[test]
+fn a_rank_panicking_with_requests_in_flight_brings_the_job_down() {
+    for fabric in ["shm", "tcp"] {
+        let out = oxrun(3, fabric, &["panic_in_scope"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(134), "over {fabric}: {stderr}");
+        assert!(
+            stderr.contains("deliberate panic with a receive in flight"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("a panic unwound their scope"), "{stderr}");
+        assert!(stderr.contains("oxrun: rank 0 (pid"), "{stderr}");
+    }
+}
+
 /// Ranks load libfabric only when they use the `ofi` fabric.
 #[test]
 fn libfabric_is_loaded_only_by_ranks_using_ofi() {

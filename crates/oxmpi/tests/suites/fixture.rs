@@ -16,7 +16,8 @@ macro_rules! thread_ranks {
         /// (a failed check) can leave its peers waiting for it forever, since thread-ranks
         /// cannot see one another die: a few seconds after the first rank has ended in a panic
         /// the test fails with it, rather than hanging. (A rank that panics inside a scope
-        /// with requests in flight waits for them while it unwinds, so it may not end.)
+        /// with requests in flight waits for them while it unwinds, for 2 s, and then aborts
+        /// the test process: the transport may still write the scope's buffers.)
         fn threads(n: u32, f: impl Fn(oxmpi::Universe) + Send + Sync + Copy + 'static) {
             let mut handles: Vec<Option<std::thread::JoinHandle<()>>> = fabrics(n)
                 .into_iter()
