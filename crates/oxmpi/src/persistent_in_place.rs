@@ -123,30 +123,26 @@ impl<T: Pod> PersistentInPlace<T> {
 
     /// The send and receive regions of a start on `buf`, lent by `lender`.
     fn regions<'b>(&self, lender: &'b Lender<'b, '_>, buf: &'b mut [T]) -> (Region, Region) {
-        let own = || match self.scratch.is_empty() {
-            true => Region::empty(),
-            false => self.scratch.clone(),
-        };
+        let scratch = || self.scratch.clone();
         let send = match self.place.input {
-            Input::Buffer => return (lender.lend_region(bytes(buf)), self.output_off_buffer()),
-            Input::Copy(_) => own(),
+            Input::Buffer => {
+                // Only read: the output, if any, is the scratch.
+                let recv = match self.place.output {
+                    Output::Scratch(_) => scratch(),
+                    _ => Region::empty(),
+                };
+                return (lender.lend_region(bytes(buf)), recv);
+            }
+            Input::Copy(_) => scratch(),
             Input::Nothing => Region::empty(),
         };
         let recv = match self.place.output {
             Output::Head(n) => lender.lend_region_mut(bytes_mut(&mut buf[..n])),
             Output::Whole => lender.lend_region_mut(bytes_mut(buf)),
-            Output::Scratch(_) => own(),
+            Output::Scratch(_) => scratch(),
             Output::Nothing => Region::empty(),
         };
         (send, recv)
-    }
-
-    /// The receive region when the buffer is the send side: the scratch or nothing.
-    fn output_off_buffer(&self) -> Region {
-        match self.place.output {
-            Output::Scratch(_) if !self.scratch.is_empty() => self.scratch.clone(),
-            _ => Region::empty(),
-        }
     }
 
     /// Runs the collective once on `buf` and waits for it.
