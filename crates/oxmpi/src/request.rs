@@ -176,6 +176,22 @@ impl<'s> Request<'s> {
     pub fn is_active(&self) -> bool {
         self.active
     }
+
+    /// Cancels a receive that no message has matched yet (`MPI_Cancel`, then `MPI_Wait`):
+    /// `Ok(None)` when it was cancelled, its buffer untouched and free again, and a message
+    /// sent later left for another receive. A receive a message has already matched, and a
+    /// send (MPI-4 no longer cancels sends), are waited for instead: `Ok(Some(status))` as
+    /// [`wait`](Self::wait) gives it.
+    pub fn cancel(mut self) -> Result<Option<Status>, Error> {
+        if self.active
+            && self.sent.is_none()
+            && self.comm.state.progress().engine.cancel_recv(self.id)
+        {
+            self.active = false;
+            return Ok(None);
+        }
+        self.wait().map(Some)
+    }
 }
 
 impl Drop for Request<'_> {
@@ -266,5 +282,16 @@ impl<D: serde::de::DeserializeOwned> ObjRecv<D> {
         let data = c.data.take().unwrap_or_default();
         let st = comm.finish(c)?;
         Ok((decode(&data)?, st))
+    }
+
+    /// Cancels the receive if no message has matched it yet (mpi4py's `req.cancel()`):
+    /// `Ok(None)`; otherwise waits for the value as [`wait`](Self::wait) does.
+    pub fn cancel(mut self) -> Result<Option<(D, Status)>, Error> {
+        let r = &mut self.req;
+        if r.active && r.comm.state.progress().engine.cancel_recv(r.id) {
+            r.active = false;
+            return Ok(None);
+        }
+        self.wait().map(Some)
     }
 }

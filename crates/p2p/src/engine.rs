@@ -314,6 +314,21 @@ impl Engine {
         Some(c)
     }
 
+    /// Cancels the receive `id` if no message has matched it yet (`MPI_Cancel`): it leaves its
+    /// context's posted queue and is freed, dropping its buffer. True if cancelled; false for
+    /// a send, a receive already matched (it completes as usual) or an unknown id.
+    pub fn cancel_recv(&mut self, id: ReqId) -> bool {
+        let ctx = match self.slot(id).map(|s| &s.state) {
+            Some(SlotState::Recv(r)) if r.state == RecvState::Posted => r.ctx,
+            _ => return false,
+        };
+        if !self.queues(ctx).remove_posted(id) {
+            return false;
+        }
+        self.release(id);
+        true
+    }
+
     /// The caller no longer wants `id`'s outcome: free it now or when it completes.
     pub fn detach(&mut self, id: ReqId) {
         if self.take(id).is_none() {

@@ -496,6 +496,44 @@ fn probe_sees_unexpected_without_consuming() {
 }
 
 #[test]
+fn a_cancelled_receive_leaves_its_message_to_the_next_and_a_matched_one_completes() {
+    for (seed, len) in [(11, 40), (12, 5000), (13, 300_000)] {
+        let sim = Sim::new(2, seed, config());
+        let cancelled = sim
+            .engine(0)
+            .irecv(0, ANY_SOURCE, 9, Some(MemMut::alloc(len)));
+        assert!(sim.engine(0).cancel_recv(cancelled));
+        assert!(
+            !sim.engine(0).is_done(cancelled),
+            "a cancelled receive is gone"
+        );
+        assert!(!sim.engine(0).cancel_recv(cancelled), "cancelled twice");
+        let data = body(1, 9, 0, len);
+        let s = sim
+            .engine(1)
+            .isend(0, 0, 9, MemRef::owned(data.clone()), SendMode::Standard);
+        let r = sim.engine(0).irecv(0, 1, 9, None);
+        let c = sim.wait(0, r);
+        c.result.unwrap();
+        assert_eq!(c.data.unwrap(), data, "{len} bytes");
+        sim.wait(1, s).result.unwrap();
+
+        // Matched (here by a message already waiting) before the cancel: it completes.
+        let s = sim
+            .engine(1)
+            .isend(0, 0, 10, MemRef::owned(data.clone()), SendMode::Standard);
+        while sim.engine(0).iprobe(0, 1, 10).is_none() {
+            sim.step();
+        }
+        let r = sim.engine(0).irecv(0, 1, 10, None);
+        assert!(!sim.engine(0).cancel_recv(r));
+        assert_eq!(sim.wait(0, r).data.unwrap(), data);
+        sim.wait(1, s).result.unwrap();
+        assert!(!sim.engine(1).cancel_recv(s), "sends are not cancelled");
+    }
+}
+
+#[test]
 fn malformed_frames_are_dropped_and_counted() {
     let sim = Sim::new(2, 5, config());
     let mut bogus = [0u8; 48];

@@ -133,6 +133,67 @@ fn sendrecv_obj_around_a_ring() {
     }
 }
 
+/// A receive no message has matched is cancelled: its scope ends, its buffer is untouched,
+/// and the message sent afterwards goes to the next receive. A receive already matched, and a
+/// send, complete as usual instead.
+#[test]
+fn cancelled_receives_leave_their_messages_to_later_receives() {
+    for n in [1, 2, 3] {
+        threads(n, |u| {
+            let w = u.world();
+            let (me, p) = (w.rank(), w.size());
+            let right = (me + 1) % p;
+            let mut untouched = [7u32; 4];
+            w.scope(|s| {
+                let wildcard = s.irecv(&mut untouched, ANY_SOURCE, 90).unwrap();
+                assert_eq!(wildcard.cancel().unwrap(), None);
+            });
+            let obj = w.irecv_obj::<String>(ANY_SOURCE, 91).unwrap();
+            assert!(obj.cancel().unwrap().is_none());
+            assert_eq!(untouched, [7; 4]);
+            w.barrier().unwrap();
+            // Messages with those tags, sent after the cancels, reach the next receives.
+            w.send(&[me; 4], right, 90).unwrap();
+            w.send_obj(&format!("from {me}"), right, 91).unwrap();
+            let mut got = [0u32; 4];
+            let st = w.recv_into(&mut got, ANY_SOURCE, 90).unwrap();
+            let left = (me + p - 1) % p;
+            assert_eq!((got, st.source), ([left; 4], left));
+            let (text, _): (String, _) = w.recv_obj(ANY_SOURCE, 91).unwrap();
+            assert_eq!(text, format!("from {left}"));
+
+            // A receive a message has already matched completes with it; a send completes.
+            let (mut got, out) = ([0u32; 2], [me, me]);
+            w.scope(|s| {
+                let r = s.irecv(&mut got, left, 92).unwrap();
+                let sent = s.isend(&out, right, 92).unwrap();
+                w.barrier().unwrap(); // every send has gone out
+                let mut r = r;
+                while r.test().unwrap().is_none() {}
+                assert!(!r.is_active());
+                assert!(sent.cancel().unwrap().is_some());
+            });
+            assert_eq!(got, [left; 2]);
+            let mut got = [0u32; 2];
+            w.scope(|s| {
+                let r = s.irecv(&mut got, left, 93).unwrap();
+                w.send(&[me, 1], right, 93).unwrap();
+                w.barrier().unwrap();
+                // Matched by now (the barrier's messages came after it from `left`), or not:
+                // either way the cancel gives it back whole or not at all.
+                match r.cancel().unwrap() {
+                    Some(st) => assert_eq!((st.source, st.tag), (left, 93)),
+                    None => {
+                        let st = w.recv_into(&mut [0u32; 2], left, 93).unwrap();
+                        assert_eq!(st.source, left);
+                    }
+                }
+            });
+            w.barrier().unwrap();
+        });
+    }
+}
+
 #[test]
 fn ssend_and_probe() {
     threads(2, |u| {
