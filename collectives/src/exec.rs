@@ -9,6 +9,7 @@
 //! Receives must get exactly the bytes the schedule expects: a longer message is the engine's
 //! truncation error, a shorter one a count mismatch — both reported rather than corrupting.
 
+use crate::exec_small::SmallSpare;
 use crate::ops::Kernel;
 use crate::schedule::{Buf, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, Region, RegionError};
@@ -61,7 +62,7 @@ pub struct Route {
 }
 
 impl Route {
-    fn world(&self, r: u32) -> u32 {
+    pub(crate) fn world(&self, r: u32) -> u32 {
         if self.world.is_empty() {
             r
         } else {
@@ -387,6 +388,8 @@ pub struct TempPool {
     /// Empty vectors of finished runs, for the next ones.
     spare_temps: Vec<Vec<Region>>,
     spare_pending: Vec<Vec<Pending>>,
+    /// What the last [`SmallRun`](crate::exec_small::SmallRun) left for the next.
+    small: SmallSpare,
 }
 
 /// Spare vectors a pool keeps.
@@ -394,6 +397,9 @@ const SPARE_VECS: usize = 8;
 
 /// Most bytes a pool keeps.
 const POOL_MAX_BYTES: usize = 256 << 20;
+
+/// Most bytes of small-run temporaries a pool keeps.
+const SMALL_TEMPS_MAX_BYTES: usize = 1 << 20;
 
 impl TempPool {
     /// A temporary of at least `len` bytes (contents unspecified).
@@ -415,6 +421,18 @@ impl TempPool {
                 r
             }
             None => Region::alloc(len),
+        }
+    }
+
+    /// What a small run may reuse (nothing when none was kept).
+    pub fn take_small(&mut self) -> SmallSpare {
+        std::mem::take(&mut self.small)
+    }
+
+    /// Keeps what a small run left for the next one, unless its temporaries are large.
+    pub fn give_small(&mut self, spare: SmallSpare) {
+        if spare.bytes() <= SMALL_TEMPS_MAX_BYTES {
+            self.small = spare;
         }
     }
 

@@ -6,7 +6,8 @@
 //! - [`algorithms`]: the algorithms, each correct for any number of ranks.
 //! - [`registry`]: what each algorithm accepts, the selection table, forcing by environment.
 //! - [`exec`]: the executor ([`exec::Run`]), shared by blocking, nonblocking and persistent
-//!   collectives.
+//!   collectives; [`exec_small`]: a leaner one ([`exec_small::SmallRun`]) for blocking
+//!   collectives whose messages are all small, on the caller's slices.
 //! - [`ops`]: reduction operations and their kernels.
 //! - [`topology`]: which ranks share a node, for the hierarchical algorithms.
 //!
@@ -18,6 +19,7 @@
 
 pub mod algorithms;
 pub mod exec;
+pub mod exec_small;
 pub mod ops;
 pub mod registry;
 pub mod schedule;

@@ -71,6 +71,8 @@ pub struct Schedule {
     pub rounds: Vec<usize>,
     /// Sizes in bytes of the temporaries.
     pub temps: Vec<usize>,
+    /// The largest message sent or received, in bytes (set by [`Builder::finish`]).
+    pub largest_message: usize,
 }
 
 impl Schedule {
@@ -183,6 +185,16 @@ impl Builder {
 
     pub fn finish(mut self) -> Schedule {
         self.round();
+        self.sched.largest_message = self
+            .sched
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Send { span, .. } | Step::Recv { span, .. } => span.len,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
         self.sched
     }
 }

@@ -386,12 +386,16 @@ impl Claims {
     }
 
     fn remove(&mut self, token: u64) {
+        // Claims are mostly released last-in first-out: look from the newest.
         if let Some(i) = self.inline[..self.len]
             .iter()
-            .position(|c| c.token == token)
+            .rposition(|c| c.token == token)
         {
-            self.inline[i] = self.inline[self.len - 1];
-            self.len -= 1;
+            let last = self.len - 1;
+            if i != last {
+                self.inline[i] = self.inline[last];
+            }
+            self.len = last;
             // Keep the inline slots full while claims have spilled over.
             if let Some(c) = self.more.pop() {
                 self.inline[self.len] = c;

@@ -18,6 +18,7 @@ use crate::Error;
 use bytemuck::Pod;
 use oxmpi_collectives::algorithms::Blocks;
 use oxmpi_collectives::exec::TempPool;
+use oxmpi_collectives::exec_small::SmallRun;
 use oxmpi_collectives::registry::{self, AlgoInfo, Coll, Spec};
 use oxmpi_collectives::{CollError, Kernel, Op, ReduceOp, Route, Run, Schedule, TypedKernel};
 use oxmpi_fabric::{lend_scope, Fabric, Region};
@@ -842,6 +843,37 @@ impl Communicator {
         run.result().map_err(|e| self.coll_error(e))
     }
 
+    /// Runs a small blocking collective to completion on the caller's slices. A round's
+    /// single receive is taken straight from the arriving frames, as `recv_into` takes one.
+    fn drive_small(&self, mut run: SmallRun<'_>) -> Result<(), Error> {
+        loop {
+            {
+                let mut p = self.state.progress();
+                let p = &mut *p;
+                if run.advance(&mut p.engine, &mut p.fabric) {
+                    break;
+                }
+            }
+            if let Some((want, buf)) = run.direct() {
+                let mut out = None;
+                self.state.wait_with(|p| {
+                    p.pass_direct(want, buf, &mut out);
+                    out.is_some() || !p.engine.can_recv_direct(want.0, want.1, want.2)
+                });
+                // Without a frame (`None`) the receive is posted as a request instead.
+                run.direct_done(&mut self.state.progress().engine, out);
+            } else {
+                self.state.wait_with(|p| {
+                    p.pass();
+                    run.advance(&mut p.engine, &mut p.fabric) || run.has_direct()
+                });
+            }
+        }
+        let (result, spare) = run.finish();
+        self.state.progress().colls.pool.give_small(spare);
+        result.map_err(|e| self.coll_error(e))
+    }
+
     /// Runs a call to completion (the blocking form), after checking that the ranks agree on
     /// its arguments if the check is on.
     pub(crate) fn run_call(&self, call: Call<'_>) -> Result<(), Error> {
@@ -893,6 +925,11 @@ impl Communicator {
         let Call {
             send, recv, kernel, ..
         } = call;
+        if SmallRun::takes(&sched) {
+            let spare = self.state.progress().colls.pool.take_small();
+            let run = SmallRun::new(sched, send, recv, spare, kernel, self.route(coll));
+            return self.drive_small(run);
+        }
         lend_scope(
             |l| {
                 let run = self.new_run(
