@@ -843,8 +843,28 @@ impl Communicator {
         run.result().map_err(|e| self.coll_error(e))
     }
 
-    /// Runs a small blocking collective to completion on the caller's slices. A round's
-    /// single receive is taken straight from the arriving frames, as `recv_into` takes one.
+    /// Runs `sched` (which [`SmallRun::takes`]) to completion on the caller's slices.
+    pub(crate) fn run_small(
+        &self,
+        sched: Rc<Schedule>,
+        coll: Coll,
+        send: &[u8],
+        recv: &mut [u8],
+        kernel: Option<Rc<dyn Kernel>>,
+    ) -> Result<(), Error> {
+        let spare = self.state.progress().colls.pool.take_small();
+        self.drive_small(SmallRun::new(
+            sched,
+            send,
+            recv,
+            spare,
+            kernel,
+            self.route(coll),
+        ))
+    }
+
+    /// Drives a small run to completion. A round's single receive is taken straight from the
+    /// arriving frames, as `recv_into` takes one.
     fn drive_small(&self, mut run: SmallRun<'_>) -> Result<(), Error> {
         loop {
             {
@@ -926,9 +946,7 @@ impl Communicator {
             send, recv, kernel, ..
         } = call;
         if SmallRun::takes(&sched) {
-            let spare = self.state.progress().colls.pool.take_small();
-            let run = SmallRun::new(sched, send, recv, spare, kernel, self.route(coll));
-            return self.drive_small(run);
+            return self.run_small(sched, coll, send, recv, kernel);
         }
         lend_scope(
             |l| {

@@ -21,6 +21,7 @@ use crate::request::Scope;
 use crate::Error;
 use bytemuck::Pod;
 use oxmpi_collectives::exec::Run;
+use oxmpi_collectives::exec_small::SmallRun;
 use oxmpi_collectives::registry::Spec;
 use oxmpi_collectives::{Kernel, ReduceOp, Schedule};
 use oxmpi_fabric::{lend_scope, Region};
@@ -171,6 +172,11 @@ impl<T: Pod> Persistent<T> {
     pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
         self.check(send, recv)?;
         let c = &self.comm;
+        if SmallRun::takes(&self.sched) {
+            let (coll, kernel) = (self.spec.coll(), self.kernel.clone());
+            let (send, recv) = (self.send_part(send), self.recv_part(recv));
+            return c.run_small(self.sched.clone(), coll, send, recv, kernel);
+        }
         lend_scope(
             |l| {
                 let run = self.new_run(
