@@ -466,6 +466,7 @@ barrier               <=2    *          *      *     dissemination
 barrier               <=4    *          1      *     linear
 barrier               *      *          *      *     dissemination
 bcast                 *      *          >=2    >=2   hierarchical
+bcast                 <=4    *          1      *     linear
 bcast                 <=8    <=524288   1      *     linear
 bcast                 <=8    *          *      *     binomial
 bcast                 *      <=65536    *      *     binomial
