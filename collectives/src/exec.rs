@@ -321,16 +321,7 @@ impl Run {
                 // path below then reports it on the request.
                 if !matches!(sent, Ok(true)) {
                     let mem = region.view(span.range()).map_err(CollError::Region)?;
-                    // A send is part of an exchange when its round also receives from that
-                    // peer and later rounds depend on it. A single-round schedule (linear
-                    // alltoall) sends as if one way: its reads all proceed at once, so a
-                    // handshake costs it once, where dependent rounds would each pay one.
-                    let exchange = recvs > 0
-                        && self.sched.rounds.len() > 1
-                        && round
-                            .iter()
-                            .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer));
-                    let id = if exchange {
+                    let id = if is_exchange(&self.sched, round, recvs, peer) {
                         engine.isend_exchange(ctx, dest, tag, mem)
                     } else {
                         engine.isend_oneway(ctx, dest, tag, mem)
@@ -374,6 +365,18 @@ impl Run {
         )
         .map_err(CollError::Region)
     }
+}
+
+/// Whether a send to `peer` in `round` (which holds `recvs` receives) is part of an exchange:
+/// the round also receives from that peer and later rounds depend on it. A single-round
+/// schedule (linear alltoall) sends as if one way: its reads all proceed at once, so a
+/// handshake costs it once, where dependent rounds would each pay one.
+pub(crate) fn is_exchange(sched: &Schedule, round: &[Step], recvs: usize, peer: u32) -> bool {
+    recvs > 0
+        && sched.rounds.len() > 1
+        && round
+            .iter()
+            .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer))
 }
 
 /// Largest receive taken straight from an arriving frame.

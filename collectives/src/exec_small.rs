@@ -12,11 +12,11 @@
 //!   engine-allocated buffers and copied into their spans on completion;
 //! - a message of another length than the schedule expects is a count mismatch.
 
-use crate::exec::{CollError, Route};
+use crate::exec::{is_exchange, CollError, Route};
 use crate::ops::Kernel;
 use crate::schedule::{Buf, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, MemRef, RegionError};
-use oxmpi_p2p::{Engine, P2pError, ReqId, SendMode, Status};
+use oxmpi_p2p::{Engine, P2pError, ReqId, Status};
 use std::rc::Rc;
 
 /// Largest message of a schedule [`SmallRun`] takes: the size of a direct receive.
@@ -36,23 +36,28 @@ struct Pending {
 /// What one small run leaves for the next: its temporaries and its request list, emptied.
 #[derive(Default)]
 pub struct SmallSpare {
-    temps: Vec<Vec<u8>>,
+    temps: Vec<Vec<Word>>,
     pending: Vec<Pending>,
 }
 
 impl SmallSpare {
     /// Bytes held by the temporaries.
     pub fn bytes(&self) -> usize {
-        self.temps.iter().map(Vec::capacity).sum()
+        self.temps.iter().map(Vec::capacity).sum::<usize>() * std::mem::size_of::<Word>()
     }
 }
+
+/// The unit of a temporary's storage: 16 bytes, so temporaries are aligned for every element
+/// type a reduction kernel works on, as `Region::alloc`'s are.
+type Word = u128;
 
 /// One blocking execution of a small schedule (see the module doc).
 pub struct SmallRun<'a> {
     sched: Rc<Schedule>,
     send: &'a [u8],
     recv: &'a mut [u8],
-    temps: Vec<Vec<u8>>,
+    /// Temporary `i` is the first `sched.temps[i]` bytes of `temps[i]`.
+    temps: Vec<Vec<Word>>,
     kernel: Option<Rc<dyn Kernel>>,
     route: Route,
     next_round: usize,
@@ -81,7 +86,7 @@ impl<'a> SmallRun<'a> {
         temps.resize_with(sched.temps.len(), Vec::new);
         for (t, &n) in temps.iter_mut().zip(&sched.temps) {
             t.clear();
-            t.resize(n, 0);
+            t.resize(n.div_ceil(std::mem::size_of::<Word>()), 0);
         }
         Self {
             sched,
@@ -161,7 +166,7 @@ impl<'a> SmallRun<'a> {
 
     fn post_recv(&mut self, peer: u32, span: Span, engine: &mut Engine) {
         let src = self.route.world(peer) as i32;
-        let id = engine.irecv(self.route.ctx, src, self.route.tag, None);
+        let id = engine.irecv_capped(self.route.ctx, src, self.route.tag, span.len);
         self.pending.push(Pending {
             id,
             peer,
@@ -185,9 +190,11 @@ impl<'a> SmallRun<'a> {
                         self.error.get_or_insert(CollError::P2p(e));
                     }
                     (Ok(()), Some(span)) => {
+                        // A longer message was the engine's truncation error above.
+                        let got = c.status.bytes as usize;
+                        self.check_len(p.peer, span.len, got);
                         let data = c.data.unwrap_or_default();
-                        self.check_len(p.peer, span.len, data.len());
-                        if data.len() == span.len {
+                        if got == span.len && data.len() == span.len {
                             match self.slice_mut(span) {
                                 Ok(dst) => dst.copy_from_slice(&data),
                                 Err(e) => {
@@ -212,7 +219,7 @@ impl<'a> SmallRun<'a> {
                 .filter(|s| matches!(s, Step::Recv { .. }))
                 .count();
             for step in round {
-                if let Err(e) = self.start(step, recvs, engine, fabric) {
+                if let Err(e) = self.start(step, round, recvs, engine, fabric) {
                     self.error.get_or_insert(e);
                     break;
                 }
@@ -221,9 +228,11 @@ impl<'a> SmallRun<'a> {
         }
     }
 
+    /// Starts `step` of `round` (which holds `recvs` receives).
     fn start(
         &mut self,
         step: &Step,
+        round: &[Step],
         recvs: usize,
         engine: &mut Engine,
         fabric: &mut dyn Fabric,
@@ -234,10 +243,14 @@ impl<'a> SmallRun<'a> {
                 let dest = self.route.world(peer);
                 let bytes = self.slice(span)?;
                 // A fabric error has already failed the peer in the engine; the request below
-                // then reports it.
+                // then reports it. Otherwise the send goes as `Run` sends it (see there).
                 if !matches!(engine.try_send_now(fabric, ctx, dest, tag, bytes), Ok(true)) {
                     let data = MemRef::owned(bytes.to_vec());
-                    let id = engine.isend(ctx, dest, tag, data, SendMode::Standard);
+                    let id = if is_exchange(&self.sched, round, recvs, peer) {
+                        engine.isend_exchange(ctx, dest, tag, data)
+                    } else {
+                        engine.isend_oneway(ctx, dest, tag, data)
+                    };
                     self.pending.push(Pending {
                         id,
                         peer,
@@ -273,7 +286,7 @@ impl<'a> SmallRun<'a> {
         let buf: &[u8] = match span.buf {
             Buf::Send => self.send,
             Buf::Recv => self.recv,
-            Buf::Tmp(i) => &self.temps[i as usize],
+            Buf::Tmp(i) => bytes(&self.temps[i as usize], self.sched.temps[i as usize]),
         };
         buf.get(span.range()).ok_or(out_of_bounds(span, buf.len()))
     }
@@ -282,7 +295,7 @@ impl<'a> SmallRun<'a> {
         let buf: &mut [u8] = match span.buf {
             Buf::Send => return Err(CollError::Region(RegionError::ReadOnly)),
             Buf::Recv => self.recv,
-            Buf::Tmp(i) => &mut self.temps[i as usize],
+            Buf::Tmp(i) => bytes_mut(&mut self.temps[i as usize], self.sched.temps[i as usize]),
         };
         let len = buf.len();
         buf.get_mut(span.range()).ok_or(out_of_bounds(span, len))
@@ -295,22 +308,33 @@ impl<'a> SmallRun<'a> {
         to: Span,
         f: impl FnOnce(&[u8], &mut [u8]),
     ) -> Result<(), CollError> {
+        let sizes = &self.sched.temps;
         let (src, dst): (&[u8], &mut [u8]) = match (from.buf, to.buf) {
             (_, Buf::Send) => return Err(CollError::Region(RegionError::ReadOnly)),
             (Buf::Recv, Buf::Recv) => return self.within(from, to, f),
             (Buf::Tmp(i), Buf::Tmp(j)) if i == j => return self.within(from, to, f),
             (Buf::Send, Buf::Recv) => (self.send, &mut *self.recv),
-            (Buf::Send, Buf::Tmp(j)) => (self.send, &mut self.temps[j as usize]),
-            (Buf::Recv, Buf::Tmp(j)) => (&*self.recv, &mut self.temps[j as usize]),
-            (Buf::Tmp(i), Buf::Recv) => (&self.temps[i as usize], &mut *self.recv),
+            (Buf::Send, Buf::Tmp(j)) => (
+                self.send,
+                bytes_mut(&mut self.temps[j as usize], sizes[j as usize]),
+            ),
+            (Buf::Recv, Buf::Tmp(j)) => (
+                &*self.recv,
+                bytes_mut(&mut self.temps[j as usize], sizes[j as usize]),
+            ),
+            (Buf::Tmp(i), Buf::Recv) => (
+                bytes(&self.temps[i as usize], sizes[i as usize]),
+                &mut *self.recv,
+            ),
             (Buf::Tmp(i), Buf::Tmp(j)) => {
                 let (i, j) = (i as usize, j as usize);
+                let (ni, nj) = (sizes[i], sizes[j]);
                 if i < j {
                     let (lo, hi) = self.temps.split_at_mut(j);
-                    (&lo[i], &mut hi[0])
+                    (bytes(&lo[i], ni), bytes_mut(&mut hi[0], nj))
                 } else {
                     let (lo, hi) = self.temps.split_at_mut(i);
-                    (&hi[0], &mut lo[j])
+                    (bytes(&hi[0], ni), bytes_mut(&mut lo[j], nj))
                 }
             }
         };
@@ -331,7 +355,7 @@ impl<'a> SmallRun<'a> {
         let buf: &mut [u8] = match to.buf {
             Buf::Send => return Err(CollError::Region(RegionError::ReadOnly)),
             Buf::Recv => self.recv,
-            Buf::Tmp(i) => &mut self.temps[i as usize],
+            Buf::Tmp(i) => bytes_mut(&mut self.temps[i as usize], self.sched.temps[i as usize]),
         };
         let (a, b) = (from.range(), to.range());
         for (r, span) in [(&a, from), (&b, to)] {
@@ -358,6 +382,15 @@ impl<'a> SmallRun<'a> {
         }
         Ok(())
     }
+}
+
+/// The first `n` bytes of a temporary's words.
+fn bytes(t: &[Word], n: usize) -> &[u8] {
+    &bytemuck::cast_slice(t)[..n]
+}
+
+fn bytes_mut(t: &mut [Word], n: usize) -> &mut [u8] {
+    &mut bytemuck::cast_slice_mut(t)[..n]
 }
 
 fn out_of_bounds(span: Span, len: usize) -> CollError {

@@ -87,6 +87,8 @@ struct RecvReq {
     src: i32,
     /// `None` until matched when the engine allocates the buffer.
     buf: Option<MemMut>,
+    /// The buffer is the engine's (allocated on match, or capped by `irecv_capped`) and goes
+    /// back with the completion.
     alloc: bool,
     state: RecvState,
     peer: Rank,
@@ -616,6 +618,28 @@ impl Engine {
     /// allocates to the message's size (returned in [`Completion::data`]).
     pub fn irecv(&mut self, ctx: u32, src: i32, tag: i32, buf: Option<MemMut>) -> ReqId {
         let alloc = buf.is_none();
+        self.post_recv(ctx, src, tag, buf, alloc)
+    }
+
+    /// Starts a receive of at most `cap` bytes into a buffer of its own, returned whole in
+    /// [`Completion::data`] (the message's length is the status's): a longer message is the
+    /// truncation error a caller's buffer of `cap` bytes would give, and nothing larger is
+    /// allocated whatever length a peer announces.
+    pub fn irecv_capped(&mut self, ctx: u32, src: i32, tag: i32, cap: usize) -> ReqId {
+        self.post_recv(ctx, src, tag, Some(MemMut::alloc(cap)), true)
+    }
+
+    /// Posts a receive into `buf` (`None`: allocated on match); `returned`: the buffer goes
+    /// back with the completion.
+    fn post_recv(
+        &mut self,
+        ctx: u32,
+        src: i32,
+        tag: i32,
+        buf: Option<MemMut>,
+        returned: bool,
+    ) -> ReqId {
+        let alloc = returned;
         let id = self.alloc(SlotState::Recv(RecvReq {
             ctx,
             src,
@@ -673,7 +697,7 @@ impl Engine {
             tag,
             bytes: len,
         };
-        if r.alloc {
+        if r.alloc && r.buf.is_none() {
             let v = bytes.to_vec();
             let Some(slot) = self.slot_mut(rid) else {
                 return;
@@ -742,7 +766,7 @@ impl Engine {
         remote: Option<(u64, u64)>,
     ) {
         let Some(r) = self.recv_req(rid) else { return };
-        if r.alloc {
+        if r.alloc && r.buf.is_none() {
             r.buf = Some(MemMut::alloc(len as usize));
         }
         r.peer = src;

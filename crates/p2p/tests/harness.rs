@@ -534,6 +534,39 @@ fn a_cancelled_receive_leaves_its_message_to_the_next_and_a_matched_one_complete
 }
 
 #[test]
+fn capped_receives_return_their_buffer_and_truncate_longer_messages() {
+    for (seed, len) in [(21, 40), (22, 5000), (23, 300_000)] {
+        let sim = Sim::new(2, seed, config());
+        let data = body(1, 5, 0, len);
+        let s = sim
+            .engine(1)
+            .isend(0, 0, 5, MemRef::owned(data.clone()), SendMode::Standard);
+        let r = sim.engine(0).irecv_capped(0, 1, 5, len + 8);
+        let c = sim.wait(0, r);
+        c.result.unwrap();
+        assert_eq!(c.status.bytes as usize, len);
+        let got = c.data.unwrap();
+        assert_eq!((got.len(), &got[..len]), (len + 8, &data[..]));
+        sim.wait(1, s).result.unwrap();
+
+        // A message longer than the cap: truncation, and no buffer beyond the cap.
+        let s = sim
+            .engine(1)
+            .isend(0, 0, 6, MemRef::owned(data.clone()), SendMode::Standard);
+        let r = sim.engine(0).irecv_capped(0, 1, 6, len / 2);
+        let c = sim.wait(0, r);
+        assert!(
+            matches!(c.result, Err(P2pError::Truncated { len: l, capacity: cap, .. })
+                if l == len as u64 && cap == (len / 2) as u64),
+            "{len} bytes: {:?}",
+            c.result
+        );
+        assert!(c.data.is_none_or(|d| d.len() == len / 2));
+        let _ = sim.wait(1, s);
+    }
+}
+
+#[test]
 fn malformed_frames_are_dropped_and_counted() {
     let sim = Sim::new(2, 5, config());
     let mut bogus = [0u8; 48];

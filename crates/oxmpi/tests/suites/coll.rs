@@ -674,6 +674,30 @@ fn misuse_is_an_error_on_the_rank_that_made_it() {
         } else {
             r.unwrap();
         }
+        // Longer than the receiver expects: its truncation error, whether the message is taken
+        // straight from its frame or, having arrived first, from the unexpected queue.
+        w.force_algorithm("gather", "linear").unwrap();
+        for early in [false, true] {
+            let mine = vec![1u8; if w.rank() == 1 { 4 } else { 2 }];
+            let mut all = vec![0u8; if w.rank() == 0 { 4 } else { 0 }];
+            if w.rank() == 1 {
+                w.gather(&mine, &mut all, 0).unwrap();
+                if early {
+                    w.send(&[1u8], 0, 77).unwrap();
+                }
+            } else {
+                if early {
+                    // Polling for this message queues the gather's, sent before it.
+                    w.recv_into(&mut [0u8], 1, 77).unwrap();
+                }
+                let r = w.gather(&mine, &mut all, 0);
+                assert!(
+                    matches!(r, Err(Error::Truncated { len: 4, .. })),
+                    "arrived first: {early}: {r:?}"
+                );
+            }
+        }
+        w.clear_forced_algorithms();
         // The communicator still works afterwards.
         let mut s = [0u32];
         w.allreduce(&[1u32], &mut s, Op::Sum).unwrap();
