@@ -168,14 +168,24 @@ impl<T: Pod> Persistent<T> {
         )
     }
 
+    /// Whether a blocking run takes the small executor ([`SmallRun`]).
+    pub(crate) fn is_small(&self) -> bool {
+        SmallRun::takes(&self.sched)
+    }
+
+    /// A blocking run on the small executor, on the bytes it reads and writes (checked).
+    pub(crate) fn run_small(&self, send: &[u8], recv: &mut [u8]) -> Result<(), Error> {
+        let (coll, kernel) = (self.spec.coll(), self.kernel.clone());
+        self.comm
+            .run_small(self.sched.clone(), coll, send, recv, kernel)
+    }
+
     /// Runs the collective once and waits for it.
     pub fn run(&self, send: &[T], recv: &mut [T]) -> Result<(), Error> {
         self.check(send, recv)?;
         let c = &self.comm;
-        if SmallRun::takes(&self.sched) {
-            let (coll, kernel) = (self.spec.coll(), self.kernel.clone());
-            let (send, recv) = (self.send_part(send), self.recv_part(recv));
-            return c.run_small(self.sched.clone(), coll, send, recv, kernel);
+        if self.is_small() {
+            return self.run_small(self.send_part(send), self.recv_part(recv));
         }
         lend_scope(
             |l| {

@@ -148,6 +148,9 @@ impl<T: Pod> PersistentInPlace<T> {
     /// Runs the collective once on `buf` and waits for it.
     pub fn run(&self, buf: &mut [T]) -> Result<(), Error> {
         self.prepare(buf)?;
+        if self.plan.is_small() {
+            return self.run_small(buf);
+        }
         let c = self.plan.comm();
         lend_scope(
             |l| {
@@ -156,6 +159,36 @@ impl<T: Pod> PersistentInPlace<T> {
             },
             |done| c.state.wait_until(|_| done()),
         )
+    }
+}
+
+impl<T: Pod> PersistentInPlace<T> {
+    /// [`run`](Self::run) on the small executor, on slices: the input copy is read and the
+    /// scatter root's own block written in place in the scratch region.
+    fn run_small(&self, buf: &mut [T]) -> Result<(), Error> {
+        let in_scratch = |e| Error::Internal(format!("in-place scratch: {e}"));
+        let whole = self.scratch.len();
+        match (&self.place.input, &self.place.output) {
+            (Input::Buffer, Output::Scratch(_)) => self
+                .scratch
+                .write(0..whole, |own| self.plan.run_small(bytes(buf), own))
+                .map_err(in_scratch)?,
+            (Input::Buffer, _) => self.plan.run_small(bytes(buf), &mut []),
+            (input, output) => {
+                let out: &mut [u8] = match *output {
+                    Output::Head(n) => bytes_mut(&mut buf[..n]),
+                    Output::Whole => bytes_mut(buf),
+                    Output::Scratch(_) | Output::Nothing => &mut [],
+                };
+                match input {
+                    Input::Copy(_) => self
+                        .scratch
+                        .read(0..whole, |copy| self.plan.run_small(copy, out))
+                        .map_err(in_scratch)?,
+                    _ => self.plan.run_small(&[], out),
+                }
+            }
+        }
     }
 }
 
