@@ -11,7 +11,7 @@
 
 use crate::exec_small::SmallSpare;
 use crate::ops::Kernel;
-use crate::schedule::{Buf, Schedule, Span, Step};
+use crate::schedule::{receives, Buf, Local, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, Region, RegionError};
 use oxmpi_p2p::{Engine, P2pError, ReqId};
 use std::rc::Rc;
@@ -275,10 +275,7 @@ impl Run {
             }
             let sched = self.sched.clone();
             let round = sched.round(self.next_round);
-            let recvs = round
-                .iter()
-                .filter(|s| matches!(s, Step::Recv { .. }))
-                .count();
+            let recvs = receives(round);
             for step in round {
                 if let (true, 1, Step::Recv { peer, span }) = (self.allow_direct, recvs, step) {
                     let src = self.route.world(*peer) as i32;
@@ -334,17 +331,14 @@ impl Run {
                 }
             }
             Step::Recv { peer, span } => self.post_recv(peer, span, engine)?,
-            Step::Copy { from, to } => self.local(from, to, |s, d| d.copy_from_slice(s))?,
-            Step::Reduce {
-                from,
-                into,
-                from_left,
-            } => {
-                let k = self
-                    .kernel
-                    .clone()
-                    .expect("a schedule that reduces runs with a kernel");
-                self.local(from, into, |s, d| k.apply(s, d, from_left))?
+            Step::Copy { .. } | Step::Reduce { .. } => {
+                if let Some((from, to, op)) = step.local() {
+                    // (The kernel is only a reduction's: a copy takes no reference count.)
+                    let k = matches!(op, Local::Reduce { .. })
+                        .then(|| self.kernel.clone())
+                        .flatten();
+                    self.local(from, to, |s, d| op.apply(k.as_deref(), s, d))?
+                }
             }
         }
         Ok(())

@@ -14,7 +14,7 @@
 
 use crate::exec::{is_exchange, CollError, Route};
 use crate::ops::Kernel;
-use crate::schedule::{Buf, Schedule, Span, Step};
+use crate::schedule::{receives, Buf, Local, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, MemRef, RegionError};
 use oxmpi_p2p::{Engine, P2pError, ReqId, Status};
 use std::rc::Rc;
@@ -214,10 +214,7 @@ impl<'a> SmallRun<'a> {
             }
             let sched = self.sched.clone();
             let round = sched.round(self.next_round);
-            let recvs = round
-                .iter()
-                .filter(|s| matches!(s, Step::Recv { .. }))
-                .count();
+            let recvs = receives(round);
             for step in round {
                 if let Err(e) = self.start(step, round, recvs, engine, fabric) {
                     self.error.get_or_insert(e);
@@ -266,17 +263,14 @@ impl<'a> SmallRun<'a> {
                     self.post_recv(peer, span, engine);
                 }
             }
-            Step::Copy { from, to } => self.local(from, to, |s, d| d.copy_from_slice(s))?,
-            Step::Reduce {
-                from,
-                into,
-                from_left,
-            } => {
-                let k = self
-                    .kernel
-                    .clone()
-                    .expect("a schedule that reduces runs with a kernel");
-                self.local(from, into, |s, d| k.apply(s, d, from_left))?
+            Step::Copy { .. } | Step::Reduce { .. } => {
+                if let Some((from, to, op)) = step.local() {
+                    // (The kernel is only a reduction's: a copy takes no reference count.)
+                    let k = matches!(op, Local::Reduce { .. })
+                        .then(|| self.kernel.clone())
+                        .flatten();
+                    self.local(from, to, |s, d| op.apply(k.as_deref(), s, d))?
+                }
             }
         }
         Ok(())

@@ -63,6 +63,49 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// A local step (copy or reduction) as its source, its destination and what it does to
+    /// them; `None` for a send or a receive.
+    pub fn local(&self) -> Option<(Span, Span, Local)> {
+        match *self {
+            Step::Copy { from, to } => Some((from, to, Local::Copy)),
+            Step::Reduce {
+                from,
+                into,
+                from_left,
+            } => Some((from, into, Local::Reduce { from_left })),
+            Step::Send { .. } | Step::Recv { .. } => None,
+        }
+    }
+}
+
+/// What a local step does to its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Local {
+    Copy,
+    Reduce { from_left: bool },
+}
+
+impl Local {
+    /// Applies the step to `to` from `from` (with `kernel` for a reduction).
+    pub fn apply(self, kernel: Option<&dyn crate::ops::Kernel>, from: &[u8], to: &mut [u8]) {
+        match self {
+            Local::Copy => to.copy_from_slice(from),
+            Local::Reduce { from_left } => kernel
+                .expect("a schedule that reduces runs with a kernel")
+                .apply(from, to, from_left),
+        }
+    }
+}
+
+/// The number of receives in `round`.
+pub fn receives(round: &[Step]) -> usize {
+    round
+        .iter()
+        .filter(|s| matches!(s, Step::Recv { .. }))
+        .count()
+}
+
 /// A collective's steps for one rank.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
