@@ -12,7 +12,7 @@
 use crate::exec_small::SmallSpare;
 use crate::ops::Kernel;
 use crate::schedule::{receives, Buf, Local, Schedule, Span, Step};
-use oxmpi_fabric::{Fabric, Region, RegionError};
+use oxmpi_fabric::{Fabric, MemRef, Region, RegionError};
 use oxmpi_p2p::{Engine, P2pError, ReqId};
 use std::rc::Rc;
 
@@ -318,11 +318,15 @@ impl Run {
                 // path below then reports it on the request.
                 if !matches!(sent, Ok(true)) {
                     let mem = region.view(span.range()).map_err(CollError::Region)?;
-                    let id = if is_exchange(&self.sched, round, recvs, peer) {
-                        engine.isend_exchange(ctx, dest, tag, mem)
-                    } else {
-                        engine.isend_oneway(ctx, dest, tag, mem)
-                    };
+                    let id = isend(
+                        engine,
+                        &self.sched,
+                        round,
+                        recvs,
+                        peer,
+                        (ctx, dest, tag),
+                        mem,
+                    );
                     self.pending.push(Pending {
                         id,
                         peer,
@@ -361,16 +365,36 @@ impl Run {
     }
 }
 
-/// Whether a send to `peer` in `round` (which holds `recvs` receives) is part of an exchange:
-/// the round also receives from that peer and later rounds depend on it. A single-round
-/// schedule (linear alltoall) sends as if one way: its reads all proceed at once, so a
-/// handshake costs it once, where dependent rounds would each pay one.
-pub(crate) fn is_exchange(sched: &Schedule, round: &[Step], recvs: usize, peer: u32) -> bool {
-    recvs > 0
+/// Starts a send of `data` to `peer` (world rank, context and tag in `to`) from `round` of
+/// `sched` (a round with `recvs` receives), by the protocol its place in the schedule asks:
+/// - an exchange when the round also receives from that peer and later rounds depend on it
+///   ([`Engine::isend_exchange`]). A single-round schedule (linear alltoall) sends as if one
+///   way: its reads all proceed at once, so a handshake costs it once, where dependent rounds
+///   would each pay one;
+/// - from an idle sender when the round receives nothing ([`Engine::isend_from_idle`]): the
+///   receiver may ask this rank to help copy it;
+/// - one way otherwise ([`Engine::isend_oneway`]).
+pub(crate) fn isend(
+    engine: &mut Engine,
+    sched: &Schedule,
+    round: &[Step],
+    recvs: usize,
+    peer: u32,
+    (ctx, dest, tag): (u32, u32, i32),
+    data: MemRef,
+) -> ReqId {
+    let exchange = recvs > 0
         && sched.rounds.len() > 1
         && round
             .iter()
-            .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer))
+            .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer));
+    if exchange {
+        engine.isend_exchange(ctx, dest, tag, data)
+    } else if recvs == 0 {
+        engine.isend_from_idle(ctx, dest, tag, data)
+    } else {
+        engine.isend_oneway(ctx, dest, tag, data)
+    }
 }
 
 /// Largest receive taken straight from an arriving frame.

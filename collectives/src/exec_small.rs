@@ -12,7 +12,7 @@
 //!   engine-allocated buffers and copied into their spans on completion;
 //! - a message of another length than the schedule expects is a count mismatch.
 
-use crate::exec::{is_exchange, CollError, Route};
+use crate::exec::{isend, CollError, Route};
 use crate::ops::Kernel;
 use crate::schedule::{receives, Buf, Local, Schedule, Span, Step};
 use oxmpi_fabric::{Fabric, MemRef, RegionError};
@@ -243,11 +243,8 @@ impl<'a> SmallRun<'a> {
                 // then reports it. Otherwise the send goes as `Run` sends it (see there).
                 if !matches!(engine.try_send_now(fabric, ctx, dest, tag, bytes), Ok(true)) {
                     let data = MemRef::owned(bytes.to_vec());
-                    let id = if is_exchange(&self.sched, round, recvs, peer) {
-                        engine.isend_exchange(ctx, dest, tag, data)
-                    } else {
-                        engine.isend_oneway(ctx, dest, tag, data)
-                    };
+                    let to = (ctx, dest, tag);
+                    let id = isend(engine, &self.sched, round, recvs, peer, to, data);
                     self.pending.push(Pending {
                         id,
                         peer,

@@ -230,6 +230,18 @@ pub trait Fabric {
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError>;
     /// Blocks until something may have arrived or `timeout` passed (spurious wake-ups allowed).
     fn wait(&mut self, timeout: Duration);
+    /// [`Fabric::read`] of a message whose sender only waits for its sends (a collective's
+    /// round that receives nothing): a backend may ask the sender to help copy it where it
+    /// would not ask others (shared memory with more ranks than cores). The default reads.
+    fn read_from_idle(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        self.read(peer, remote, offset, dst)
+    }
     /// The key `peer` uses to read `mem` (for `rma_read` backends). Backends that must register
     /// the memory keep it registered at least until [`Fabric::release_key`].
     fn remote_key(&mut self, peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {

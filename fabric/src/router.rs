@@ -137,6 +137,16 @@ impl Fabric for Router {
         self.backend(peer).read(peer, remote, offset, dst)
     }
 
+    fn read_from_idle(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        self.backend(peer).read_from_idle(peer, remote, offset, dst)
+    }
+
     fn remote_key(&mut self, peer: Rank, mem: &MemRef) -> Result<RemoteKey, FabricError> {
         self.backend(peer).remote_key(peer, mem)
     }

@@ -256,7 +256,8 @@ fn tcp_all_scenarios_2_3_4_8_ranks() {
 
 /// Assisted reads (the sender copies chunks of a read of its memory) forced on every
 /// rendezvous read, in small chunks so that both sides take many, with 2, 3, 4 and 8 ranks
-/// (oversubscribed too, where they are off by default): every scenario still passes.
+/// (oversubscribed too, where only reads from idle senders ask): every scenario
+/// still passes.
 #[test]
 fn shm_assisted_reads_carry_every_scenario() {
     all_scenarios_env(&[
@@ -290,6 +291,46 @@ fn shm_assisted_read_counters_add_up() {
     assert_eq!(read + helped, reads * 16, "chunks of {reads} reads");
     assert_eq!(helped, written, "chunks the sender wrote");
     assert_eq!(rank_counter(&out, 0, "shm.assisted_reads"), 0);
+}
+
+/// With more ranks than cores (4 ranks kept on CPUs 0 and 1 by `taskset`, each bound to one),
+/// a read is offered to its sender only when that sender waits for nothing but its sends:
+/// every 1 MiB read of `osu_bcast`'s non-root ranks (its root's round only sends), and none of
+/// `osu_alltoall`'s, whose ranks all send and receive. The chunks the root wrote are the ones
+/// its readers did not read.
+#[test]
+fn shm_sharing_cores_assists_only_reads_from_idle_senders() {
+    let run = |bench: &str| {
+        let out = Command::new("taskset")
+            .args(["-c", "0,1"])
+            .arg(bin("oxrun"))
+            .args(["-n", "4", "--bind-to", "core"])
+            .arg(bin(bench))
+            .args(["-m", "1048576:1048576", "-i", "50", "-x", "10"])
+            .env("OXMPI_FABRIC", "shm")
+            .env("OXMPI_COUNTERS", "1")
+            .env("OXMPI_BOOT_TIMEOUT", "60")
+            .output()
+            .expect("taskset runs oxrun");
+        check(&out, &format!("{bench} with 4 ranks on 2 cpus"));
+        out
+    };
+    let out = run("osu_bcast");
+    let mut helped = 0;
+    for r in 1..4 {
+        let reads = rank_counter(&out, r, "shm.assisted_reads");
+        assert!(reads >= 5, "rank {r}: {reads} assisted reads");
+        let read = rank_counter(&out, r, "shm.assist.chunks_read");
+        let h = rank_counter(&out, r, "shm.assist.chunks_helped");
+        assert_eq!(read + h, reads * 16, "rank {r}: chunks of {reads} reads");
+        helped += h;
+    }
+    assert_eq!(rank_counter(&out, 0, "shm.assisted_reads"), 0);
+    assert_eq!(rank_counter(&out, 0, "shm.assist.chunks_written"), helped);
+    let out = run("osu_alltoall");
+    for r in 0..4 {
+        assert_eq!(rank_counter(&out, r, "shm.assisted_reads"), 0, "rank {r}");
+    }
 }
 
 #[test]

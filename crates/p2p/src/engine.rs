@@ -10,8 +10,8 @@
 //! Outputs are queued per peer and handed to the fabric by [`Engine::progress_tx`]; a peer
 //! whose fabric reports back-pressure keeps its queue while the others proceed.
 
-use crate::frame::{FrameHeader, Kind, FLAG_RMA, FLAG_SYNC};
-use crate::matching::{Body, Posted, Queues, Unexpected};
+use crate::frame::{FrameHeader, Kind, FLAG_RMA, FLAG_SENDER_IDLE, FLAG_SYNC};
+use crate::matching::{Body, Posted, Queues, Remote, Unexpected};
 use crate::protocol::{Protocol, ProtocolConfig};
 use crate::{P2pError, Status, ANY_SOURCE};
 use oxmpi_fabric::{Fabric, FabricError, Header, MemMut, MemRef, Rank, RemoteKey, Sent};
@@ -66,6 +66,9 @@ struct SendReq {
     rreq: u64,
     /// The key a read-rendezvous RTS advertised; handed back to the fabric on completion.
     rkey: Option<RemoteKey>,
+    /// A collective's send from a round that receives nothing (its RTS says so:
+    /// [`FLAG_SENDER_IDLE`]).
+    sender_idle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +79,7 @@ enum RecvState {
     /// Matched an RTS with a remote key; a read is queued.
     Read {
         sreq: u64,
-        addr: u64,
-        key: u64,
+        remote: Remote,
     },
 }
 
@@ -120,6 +122,19 @@ enum Tx {
     Cts { sreq: u64, rreq: u64 },
     Fin { sreq: u64 },
     Ack { sreq: u64 },
+}
+
+/// What a send is part of, which decides its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendKind {
+    /// Point-to-point.
+    P2p,
+    /// A collective's send in a round that also receives from its destination.
+    Exchange,
+    /// A collective's send with no receive from its destination in its round.
+    OneWay,
+    /// A one-way send from a round that receives nothing ([`FLAG_SENDER_IDLE`]).
+    FromIdle,
 }
 
 #[derive(Debug)]
@@ -420,21 +435,28 @@ impl Engine {
 
     /// Starts a send of `data` to `dest` (`MPI_Isend` / `MPI_Issend`).
     pub fn isend(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef, mode: SendMode) -> ReqId {
-        self.isend_with(ctx, dest, tag, data, mode, None)
+        self.isend_with(ctx, dest, tag, data, mode, SendKind::P2p)
     }
 
     /// [`isend`](Self::isend) for a message sent while traffic flows both ways (collectives):
     /// large messages take the remote-read protocol wherever the fabric offers it
     /// ([`ProtocolConfig::select_exchange`]).
     pub fn isend_exchange(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
-        self.isend_with(ctx, dest, tag, data, SendMode::Standard, Some(true))
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, SendKind::Exchange)
     }
 
     /// [`isend_exchange`](Self::isend_exchange) for a collective's send with no receive
     /// from `dest` in the same round: eager only up to
     /// [`ProtocolConfig::oneway_eager_max`].
     pub fn isend_oneway(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
-        self.isend_with(ctx, dest, tag, data, SendMode::Standard, Some(false))
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, SendKind::OneWay)
+    }
+
+    /// [`isend_oneway`](Self::isend_oneway) from a round that receives nothing: this rank
+    /// only waits for its sends, and a remote-read RTS says so ([`FLAG_SENDER_IDLE`]), so the
+    /// receiver's fabric may ask it to help copy ([`Fabric::read_from_idle`]).
+    pub fn isend_from_idle(&mut self, ctx: u32, dest: Rank, tag: i32, data: MemRef) -> ReqId {
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, SendKind::FromIdle)
     }
 
     fn isend_with(
@@ -444,8 +466,7 @@ impl Engine {
         tag: i32,
         data: MemRef,
         mode: SendMode,
-        // `Some(exchange)` for a collective's send, `None` for point-to-point.
-        collective: Option<bool>,
+        kind: SendKind,
     ) -> ReqId {
         let len = data.len() as u64;
         let sync = mode == SendMode::Synchronous;
@@ -458,10 +479,12 @@ impl Engine {
             return self.isend_self(ctx, tag, data, sync);
         }
         let cfg = &self.config[dest as usize];
-        let proto = match collective {
-            Some(true) => cfg.select_collective(data.len(), cfg.exchange_eager_max),
-            Some(false) => cfg.select_collective(data.len(), cfg.oneway_eager_max),
-            None => cfg.select(data.len()),
+        let proto = match kind {
+            SendKind::Exchange => cfg.select_collective(data.len(), cfg.exchange_eager_max),
+            SendKind::OneWay | SendKind::FromIdle => {
+                cfg.select_collective(data.len(), cfg.oneway_eager_max)
+            }
+            SendKind::P2p => cfg.select(data.len()),
         };
         let seq = self.send_seq[dest as usize];
         self.send_seq[dest as usize] = seq.wrapping_add(1);
@@ -477,6 +500,7 @@ impl Engine {
             state: SendState::Queued,
             rreq: 0,
             rkey: None,
+            sender_idle: kind == SendKind::FromIdle,
         }));
         if let Some(why) = &self.dead[dest as usize] {
             let why = why.clone();
@@ -538,6 +562,7 @@ impl Engine {
             state: SendState::AwaitFin,
             rreq: 0,
             rkey: None,
+            sender_idle: false,
         }));
         self.queues(ctx).push_unexpected(Unexpected {
             src: me,
@@ -763,7 +788,7 @@ impl Engine {
         tag: i32,
         len: u64,
         sreq: u64,
-        remote: Option<(u64, u64)>,
+        remote: Option<Remote>,
     ) {
         let Some(r) = self.recv_req(rid) else { return };
         if r.alloc && r.buf.is_none() {
@@ -774,8 +799,8 @@ impl Engine {
         r.len = len;
         r.got = 0;
         match remote {
-            Some((addr, key)) => {
-                r.state = RecvState::Read { sreq, addr, key };
+            Some(remote) => {
+                r.state = RecvState::Read { sreq, remote };
                 self.reads.push_back(rid);
             }
             None => {
@@ -1032,18 +1057,24 @@ impl Engine {
         let Some(r) = self.recv_req(rid) else {
             return Ok(());
         };
-        let RecvState::Read { sreq, addr, key } = r.state else {
+        let RecvState::Read { sreq, remote } = r.state else {
             return Ok(());
         };
         let peer = r.peer;
         let buf = r.buf.as_mut().expect("matched receive has a buffer");
         let n = (buf.len() as u64).min(r.len) as usize;
         let key = RemoteKey {
-            addr,
+            addr: remote.addr,
             len: r.len,
-            key,
+            key: remote.key,
         };
-        match fabric.read(peer, key, 0, &mut buf.bytes_mut()[..n]) {
+        let dst = &mut buf.bytes_mut()[..n];
+        let read = if remote.sender_idle {
+            fabric.read_from_idle(peer, key, 0, dst)
+        } else {
+            fabric.read(peer, key, 0, dst)
+        };
+        match read {
             Ok(()) => {
                 self.push_tx(peer, Tx::Fin { sreq });
                 self.finish_rndv_recv(rid);
@@ -1086,7 +1117,12 @@ impl Engine {
                     let h = FrameHeader {
                         kind: if eager { Kind::Eager } else { Kind::Rts },
                         flags: if eager && s.sync { FLAG_SYNC } else { 0 }
-                            | if read { FLAG_RMA } else { 0 },
+                            | if read { FLAG_RMA } else { 0 }
+                            | if read && s.sender_idle {
+                                FLAG_SENDER_IDLE
+                            } else {
+                                0
+                            },
                         ctx: s.ctx,
                         src: me,
                         tag: s.tag,
@@ -1272,10 +1308,12 @@ impl Engine {
     }
 }
 
-/// The remote address and key of an RTS that offers a read (the key travels as its payload).
-fn rts_remote(h: &FrameHeader, payload: &[u8]) -> Option<(u64, u64)> {
-    (h.flags & FLAG_RMA != 0).then(|| {
-        let key = payload.try_into().map_or(0, u64::from_le_bytes);
-        (h.arg, key)
+/// What an RTS that offers a read says of the sender's memory (the key travels as its
+/// payload).
+fn rts_remote(h: &FrameHeader, payload: &[u8]) -> Option<Remote> {
+    (h.flags & FLAG_RMA != 0).then(|| Remote {
+        addr: h.arg,
+        key: payload.try_into().map_or(0, u64::from_le_bytes),
+        sender_idle: h.flags & FLAG_SENDER_IDLE != 0,
     })
 }

@@ -32,6 +32,9 @@ pub enum Kind {
 pub const FLAG_SYNC: u8 = 1;
 /// RTS: the receiver may read the data remotely at `arg`.
 pub const FLAG_RMA: u8 = 2;
+/// RTS with [`FLAG_RMA`]: a collective's send from a round that receives nothing, so its
+/// sender only waits for its sends (it may help copy them: `Fabric::read_from_idle`).
+pub const FLAG_SENDER_IDLE: u8 = 4;
 
 /// A decoded header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,6 +18,17 @@ pub struct Posted {
     pub tag: i32,
 }
 
+/// What an RTS offering a remote read says of the sender's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// Address of the message in the sender.
+    pub addr: u64,
+    /// The fabric's protection key.
+    pub key: u64,
+    /// Its sender only waits for its sends ([`crate::frame::FLAG_SENDER_IDLE`]).
+    pub sender_idle: bool,
+}
+
 /// What an unexpected message holds until a receive matches it.
 #[derive(Debug)]
 pub enum Body {
@@ -32,8 +43,8 @@ pub enum Body {
     Rts {
         /// Sender's request id.
         sreq: u64,
-        /// Remote address and protection key when the receiver may read it directly.
-        remote: Option<(u64, u64)>,
+        /// Where the receiver may read it directly, if it may.
+        remote: Option<Remote>,
     },
     /// A send to this same rank, waiting in place.
     SelfSend {

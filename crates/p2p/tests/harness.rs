@@ -30,6 +30,8 @@ struct Sim {
     block_pct: u64,
     /// Remote reads fail with their peer (as a timed-out or broken read does).
     fail_reads: Cell<bool>,
+    /// Remote reads issued through `read` and through `read_from_idle`.
+    reads: Cell<(u32, u32)>,
 }
 
 struct SimFabric<'a> {
@@ -62,6 +64,7 @@ impl Sim {
             },
             block_pct: 10,
             fail_reads: Cell::new(false),
+            reads: Cell::new((0, 0)),
         }
     }
 
@@ -199,6 +202,35 @@ impl Fabric for SimFabric<'_> {
         offset: u64,
         dst: &mut [u8],
     ) -> Result<(), FabricError> {
+        let (n, oneway) = self.sim.reads.get();
+        self.sim.reads.set((n + 1, oneway));
+        self.remote_read(peer, remote, offset, dst)
+    }
+    fn read_from_idle(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        let (n, oneway) = self.sim.reads.get();
+        self.sim.reads.set((n, oneway + 1));
+        self.remote_read(peer, remote, offset, dst)
+    }
+    fn poll(&mut self, _: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
+        Ok(0)
+    }
+    fn wait(&mut self, _: std::time::Duration) {}
+}
+
+impl SimFabric<'_> {
+    fn remote_read(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
         if self.sim.fail_reads.get() {
             return Err(FabricError::PeerLost {
                 peer,
@@ -213,10 +245,6 @@ impl Fabric for SimFabric<'_> {
         dst.copy_from_slice(&src[off..off + dst.len()]);
         Ok(())
     }
-    fn poll(&mut self, _: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
-        Ok(0)
-    }
-    fn wait(&mut self, _: std::time::Duration) {}
 }
 
 fn config() -> ProtocolConfig {
@@ -751,4 +779,44 @@ fn a_failed_remote_read_fails_its_receive_instead_of_hanging() {
     let r2 = sim.engine(0).irecv(0, 2, 0, None);
     assert_eq!(sim.wait(0, r2).data.unwrap(), vec![4; 4]);
     sim.wait(2, s).result.unwrap();
+}
+
+/// A collective's send from a round that receives nothing says so in its RTS, and only its
+/// receiver reads it through `read_from_idle` (where shared memory may ask the sender for
+/// help); one-way, exchange and point-to-point sends are read plainly. Posted before and
+/// after the arrival.
+#[test]
+fn sends_from_idle_senders_are_read_as_such() {
+    for post_first in [false, true] {
+        let sim = Sim::new(2, 5, config());
+        // 5000 bytes: the read protocol (read_min 4096, read_max 8000).
+        for (k, kind) in ["idle", "oneway", "exchange", "p2p"]
+            .into_iter()
+            .enumerate()
+        {
+            let data = MemRef::owned(body(0, 7, k as u32, 5000));
+            let mut rid = post_first.then(|| sim.engine(1).irecv(0, 0, 7, None));
+            let sid = match kind {
+                "idle" => sim.engine(0).isend_from_idle(0, 1, 7, data),
+                "oneway" => sim.engine(0).isend_oneway(0, 1, 7, data),
+                "exchange" => sim.engine(0).isend_exchange(0, 1, 7, data),
+                _ => sim.engine(0).isend(0, 1, 7, data, SendMode::Standard),
+            };
+            for _ in 0..5 {
+                sim.step();
+            }
+            let rid = rid.get_or_insert_with(|| sim.engine(1).irecv(0, 0, 7, None));
+            assert_eq!(
+                sim.wait(1, *rid).data.unwrap(),
+                body(0, 7, k as u32, 5000),
+                "{kind}"
+            );
+            sim.wait(0, sid).result.unwrap();
+        }
+        assert_eq!(
+            sim.reads.get(),
+            (3, 1),
+            "plain reads and reads from idle senders"
+        );
+    }
 }

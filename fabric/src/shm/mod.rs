@@ -10,6 +10,10 @@
 //! for it in its poll, copies part of it with `process_vm_writev` ([`assist`]). Only one-way:
 //! a rank does not ask a peer that has a rendezvous message of its to read as well (an
 //! exchange keeps both cores copying anyway), and helps only from a poll that found nothing.
+//! With more ranks than cores ([`Shm::new`]) the rules are stricter: a rank asks only a sender
+//! that waits for nothing but its sends ([`Fabric::read_from_idle`]), and helps only while
+//! the ranks that may share its core found nothing in their last poll either (its core would
+//! idle).
 
 pub mod assist;
 pub mod ring;
@@ -20,6 +24,7 @@ use crate::{Caps, Event, Fabric, FabricError, Header, PerfModel, Rank, RemoteKey
 use assist::{AssistError, ASSIST_CHUNK, ASSIST_MIN};
 use ring::{Consumer, Producer, MAX_PAYLOAD};
 use segment::Segment;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Default largest eager message over shared memory (measured: docs/benchmarks.md).
@@ -97,6 +102,15 @@ pub struct Shm {
     next_poll: usize,
     short_naps: u8,
     assist: AssistConfig,
+    /// More of this host's ranks than cores: ask only idle senders, help only while the core
+    /// would idle.
+    shared_cores: bool,
+    /// With `shared_cores`, the peers that may run on this rank's core: those pinned to its
+    /// CPU, or every peer when this rank or that peer is not pinned to one CPU.
+    core_mates: Vec<Rank>,
+    /// What this rank's segment says of its last poll (`Segment::idle`; kept with
+    /// `shared_cores` only).
+    idle: bool,
     counters: ShmCounters,
 }
 
@@ -149,13 +163,16 @@ pub(crate) fn env_usize(name: &str) -> Option<usize> {
 
 impl Shm {
     /// Builds the fabric from this rank's segment and the mapped segments of its peers.
-    /// `cores`: the CPUs this host's ranks share. Reads are assisted only when every rank
-    /// has a core of its own: with more ranks than cores, a helper that claimed a chunk can be
-    /// preempted by a rank sharing its core while the reader waits for it (4 ranks on 2 cores,
-    /// forced on: `osu_bcast` gained, `osu_alltoall` moved both ways; docs/benchmarks.md).
-    /// `OXMPI_SHM_ASSIST_MIN` set decides in either case.
+    /// `cores`: the CPUs this host's ranks share. With more ranks than cores, copying on a
+    /// core another rank needs only moves work around, and a helper preempted with a chunk
+    /// claimed keeps its reader waiting: assisting every read measured slower there for
+    /// `osu_alltoall` and `osu_allreduce`, whose ranks all send and receive, and faster for
+    /// `osu_bcast`, whose root only sends (docs/benchmarks.md). So there a rank asks only a
+    /// sender that waits for nothing but its sends ([`Fabric::read_from_idle`]), and helps
+    /// only while its core would otherwise idle: its own poll and those of the ranks that may
+    /// share its core (`core_mates`) found nothing.
     pub fn new(rank: Rank, size: u32, own: Segment, peers: Vec<ShmPeer>, cores: usize) -> Self {
-        let oversubscribed = peers.len() + 1 > cores;
+        let shared_cores = peers.len() + 1 > cores;
         let mut outbound: Vec<Option<Outbound>> = (0..size).map(|_| None).collect();
         let mut inbound = Vec::new();
         for p in peers {
@@ -171,11 +188,18 @@ impl Shm {
                 lent: 0,
             });
         }
-        let min = env_usize("OXMPI_SHM_ASSIST_MIN").unwrap_or(if oversubscribed {
-            0
+        let min = env_usize("OXMPI_SHM_ASSIST_MIN").unwrap_or(ASSIST_MIN);
+        let my_cpu = own.cpu();
+        let core_mates = if shared_cores {
+            let shares = |o: &Outbound| {
+                my_cpu.is_none() || o.segment.cpu().is_none_or(|c| Some(c) == my_cpu)
+            };
+            (0..size)
+                .filter(|&r| outbound[r as usize].as_ref().is_some_and(shares))
+                .collect()
         } else {
-            ASSIST_MIN
-        });
+            Vec::new()
+        };
         Self {
             rank,
             size,
@@ -190,7 +214,64 @@ impl Shm {
                     .unwrap_or(ASSIST_CHUNK)
                     .max(4096),
             },
+            shared_cores,
+            core_mates,
+            idle: false,
             counters: ShmCounters::default(),
+        }
+    }
+
+    /// A remote read of `peer`'s memory, assisted where [`Shm::new`] says; `sender_idle`: its
+    /// sender waits for nothing but its sends ([`Fabric::read_from_idle`]).
+    fn read_from(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+        sender_idle: bool,
+    ) -> Result<(), FabricError> {
+        let (me, assist, shared_cores) = (self.rank, self.assist, self.shared_cores);
+        let counters = &mut self.counters;
+        let out = self.outbound[peer as usize].as_mut().expect("shm peer");
+        let pid = out.pid;
+        if offset + dst.len() as u64 > remote.len {
+            return Err(FabricError::Rma(format!(
+                "read past the end of rank {peer}'s region"
+            )));
+        }
+        let rma =
+            |e: std::io::Error| FabricError::Rma(format!("process_vm_readv from rank {peer}: {e}"));
+        // Not while the peer has a message of ours to read too (an exchange): it is copying
+        // then rather than idle, and splitting the read into claims would only add calls.
+        // Sharing cores, only an idle sender: it has nothing else to do.
+        if dst.len() < assist.min || !out.asks || out.lent > 0 || (shared_cores && !sender_idle) {
+            return cma_read(pid, remote.addr + offset, dst).map_err(rma);
+        }
+        let r = assist::assisted_read(
+            out.segment.assist(me),
+            out.segment.assist_pending(),
+            remote.addr + offset,
+            dst,
+            assist.chunk,
+            |addr, buf| cma_read(pid, addr, buf),
+            || process_alive(pid),
+        );
+        counters.assisted_reads += 1;
+        match r {
+            Ok(stats) => {
+                counters.chunks_read += stats.mine;
+                counters.chunks_helped += stats.helped;
+                Ok(())
+            }
+            Err(AssistError::Read(e)) => Err(rma(e)),
+            Err(AssistError::HelperGone) => {
+                out.asks = false;
+                Err(FabricError::PeerLost {
+                    peer,
+                    why: "it ended in the middle of a shared copy".into(),
+                })
+            }
         }
     }
 
@@ -215,6 +296,17 @@ impl Shm {
                 }
             }
         }
+    }
+
+    /// Whether this rank's core would idle now: always when it has a core of its own, else
+    /// when every core-mate's last poll found nothing (this rank's own just did).
+    fn core_idle(&self) -> bool {
+        !self.shared_cores
+            || self.core_mates.iter().all(|&r| {
+                self.outbound[r as usize]
+                    .as_ref()
+                    .is_some_and(|o| o.segment.idle().load(Ordering::Relaxed) != 0)
+            })
     }
 
     fn out(&mut self, peer: Rank) -> &mut Outbound {
@@ -322,47 +414,17 @@ impl Fabric for Shm {
         offset: u64,
         dst: &mut [u8],
     ) -> Result<(), FabricError> {
-        let (me, assist) = (self.rank, self.assist);
-        let counters = &mut self.counters;
-        let out = self.outbound[peer as usize].as_mut().expect("shm peer");
-        let pid = out.pid;
-        if offset + dst.len() as u64 > remote.len {
-            return Err(FabricError::Rma(format!(
-                "read past the end of rank {peer}'s region"
-            )));
-        }
-        let rma =
-            |e: std::io::Error| FabricError::Rma(format!("process_vm_readv from rank {peer}: {e}"));
-        // Not while the peer has a message of ours to read too (an exchange): it is copying
-        // then rather than idle, and splitting the read into claims would only add calls.
-        if dst.len() < assist.min || !out.asks || out.lent > 0 {
-            return cma_read(pid, remote.addr + offset, dst).map_err(rma);
-        }
-        let r = assist::assisted_read(
-            out.segment.assist(me),
-            out.segment.assist_pending(),
-            remote.addr + offset,
-            dst,
-            assist.chunk,
-            |addr, buf| cma_read(pid, addr, buf),
-            || process_alive(pid),
-        );
-        counters.assisted_reads += 1;
-        match r {
-            Ok(stats) => {
-                counters.chunks_read += stats.mine;
-                counters.chunks_helped += stats.helped;
-                Ok(())
-            }
-            Err(AssistError::Read(e)) => Err(rma(e)),
-            Err(AssistError::HelperGone) => {
-                out.asks = false;
-                Err(FabricError::PeerLost {
-                    peer,
-                    why: "it ended in the middle of a shared copy".into(),
-                })
-            }
-        }
+        self.read_from(peer, remote, offset, dst, false)
+    }
+
+    fn read_from_idle(
+        &mut self,
+        peer: Rank,
+        remote: RemoteKey,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FabricError> {
+        self.read_from(peer, remote, offset, dst, true)
     }
 
     fn poll(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<usize, FabricError> {
@@ -400,14 +462,15 @@ impl Fabric for Shm {
         } else {
             self.next_poll + 1
         };
+        if self.shared_cores && self.idle != (events == 0) {
+            self.idle = events == 0;
+            self.own
+                .idle()
+                .store(u32::from(self.idle), Ordering::Relaxed);
+        }
         if events > 0 {
             self.short_naps = 0;
-        } else if self
-            .own
-            .assist_pending()
-            .load(std::sync::atomic::Ordering::Acquire)
-            != 0
-        {
+        } else if self.own.assist_pending().load(Ordering::Acquire) != 0 && self.core_idle() {
             // Help with peers' reads only when nothing arrived: a frame may start work of this
             // rank's own (in an exchange, its read of the peer's message), which goes first.
             self.help_peers();

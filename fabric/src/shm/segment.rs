@@ -32,6 +32,11 @@ struct SegHeader {
     sleeping: Line32,
     /// Assisted reads of the owner's memory now open (peers add and remove theirs).
     assist_pending: Line32,
+    /// The CPU the owner is pinned to, plus one; 0 when it may run on several.
+    cpu: Line32,
+    /// Non-zero while the owner's last poll found nothing (kept by owners that share a core
+    /// with other ranks: see `Shm::poll`).
+    idle: Line32,
 }
 
 /// The directory that holds segments.
@@ -75,6 +80,8 @@ impl Segment {
         for from in 0..size {
             seg.assist(from).close_new();
         }
+        let cpu = crate::affinity::single_cpu().map_or(0, |c| c as u32 + 1);
+        seg.header().cpu.0.store(cpu, Ordering::Relaxed);
         seg.header().magic.store(MAGIC, Ordering::Release);
         Ok(seg)
     }
@@ -166,6 +173,16 @@ impl Segment {
         // atomics and padding that is never written, valid for any bit pattern, and mapped for
         // as long as `self`.
         unsafe { &*(self.base.add(off) as *const AssistSlot) }
+    }
+
+    /// The CPU the owner was pinned to when it created the segment, if only one.
+    pub fn cpu(&self) -> Option<u32> {
+        self.header().cpu.0.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Non-zero while the owner's last poll found nothing (see [`SegHeader`]).
+    pub fn idle(&self) -> &AtomicU32 {
+        &self.header().idle.0
     }
 
     /// The count of assisted reads of the owner's memory now open.
