@@ -9,7 +9,7 @@
 //!   request on a copy of its bytes;
 //! - a round's single receive is taken straight from the arriving frame into its span (the
 //!   driver offers frames through [`SmallRun::direct`]); other receives are posted with
-//!   engine-allocated buffers and copied into their spans on completion;
+//!   buffers from the engine's pool, copied into their spans on completion and handed back;
 //! - a message of another length than the schedule expects is a count mismatch.
 
 use crate::exec::{isend, CollError, Route};
@@ -202,6 +202,7 @@ impl<'a> SmallRun<'a> {
                                 }
                             }
                         }
+                        engine.recycle_buffer(data);
                     }
                     (Ok(()), None) => {}
                 }

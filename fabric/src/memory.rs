@@ -259,6 +259,15 @@ impl std::fmt::Debug for MemMut {
 }
 
 impl MemMut {
+    /// An owned buffer: the whole of `v`.
+    pub fn from_vec(mut v: Vec<u8>) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            lease: MutLease::Owned(v),
+        }
+    }
+
     /// An owned, zeroed buffer of `len` bytes.
     pub fn alloc(len: usize) -> Self {
         let mut v = vec![0u8; len];

@@ -649,9 +649,19 @@ impl Engine {
     /// Starts a receive of at most `cap` bytes into a buffer of its own, returned whole in
     /// [`Completion::data`] (the message's length is the status's): a longer message is the
     /// truncation error a caller's buffer of `cap` bytes would give, and nothing larger is
-    /// allocated whatever length a peer announces.
+    /// allocated whatever length a peer announces. The buffer comes from the engine's pool
+    /// of spent ones; hand it back with [`Engine::recycle_buffer`] once read.
     pub fn irecv_capped(&mut self, ctx: u32, src: i32, tag: i32, cap: usize) -> ReqId {
-        self.post_recv(ctx, src, tag, Some(MemMut::alloc(cap)), true)
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v.resize(cap, 0);
+        self.post_recv(ctx, src, tag, Some(MemMut::from_vec(v)), true)
+    }
+
+    /// Takes back a buffer a completion returned ([`Completion::data`]) for later receives,
+    /// while the pool has room.
+    pub fn recycle_buffer(&mut self, v: Vec<u8>) {
+        self.recycle(v);
     }
 
     /// Posts a receive into `buf` (`None`: allocated on match); `returned`: the buffer goes
