@@ -3,7 +3,8 @@
 //! `oxrun` exits 0.
 //!
 //! Usage: `oxrun -n N suite SCENARIO...` with scenarios `flood`, `wildcard`, `zero_self`,
-//! `sizes`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `libraries` (prints whether
+//! `sizes`, `matched_probe`, `shared_send`, `truncate`, `invalid`, `big`, `secret`, `libraries`
+//! (prints whether
 //! libfabric is loaded), the failures `exit3`, `die_in_copy`, `sigabrt`, `panic_in_scope` and
 //! `abort`, or `all`
 //! (every checking scenario).
@@ -134,6 +135,45 @@ fn sizes(w: &Communicator) -> Result<(), Error> {
         oxmpi::wait_all(&mut reqs)?;
         Ok(())
     })?;
+    w.barrier()
+}
+
+/// Every other rank sends every length in [`SIZES`] to rank 0, which takes them with matched
+/// probes on wildcards: per sender in order, each received into a vector of exactly its
+/// probed length, every fifth dropped unreceived (discarded; its sender still completes).
+fn matched_probe(w: &Communicator) -> Result<(), Error> {
+    let (me, n) = (w.rank(), w.size());
+    if me != 0 {
+        for (k, &len) in SIZES.iter().enumerate() {
+            w.send(&sized(me, k, len), 0, k as i32)?;
+        }
+    } else {
+        let mut next = vec![0usize; n as usize];
+        for _ in 0..SIZES.len() * (n as usize - 1) {
+            let m = w.mprobe(ANY_SOURCE, ANY_TAG)?;
+            let st = m.status();
+            let k = next[st.source as usize];
+            next[st.source as usize] += 1;
+            assert_eq!(
+                (st.tag, st.bytes),
+                (k as i32, SIZES[k] as u64),
+                "from {}",
+                st.source
+            );
+            if k % 5 == 4 {
+                drop(m);
+                continue;
+            }
+            let (v, got) = m.recv_vec::<u8>()?;
+            assert_eq!((got.source, got.tag), (st.source, st.tag));
+            assert!(
+                v == sized(st.source, k, SIZES[k]),
+                "message {k} from {}",
+                st.source
+            );
+        }
+        assert!(w.improbe(ANY_SOURCE, ANY_TAG)?.is_none());
+    }
     w.barrier()
 }
 
@@ -352,6 +392,7 @@ fn main() -> Result<(), Error> {
             "wildcard" => wildcard(&w)?,
             "zero_self" => zero_self(&w)?,
             "sizes" => sizes(&w)?,
+            "matched_probe" => matched_probe(&w)?,
             "shared_send" => shared_send(&w)?,
             "truncate" => truncate(&w)?,
             "invalid" => invalid(&w)?,
@@ -430,6 +471,7 @@ fn main() -> Result<(), Error> {
                 wildcard(&w)?;
                 zero_self(&w)?;
                 sizes(&w)?;
+                matched_probe(&w)?;
                 shared_send(&w)?;
                 truncate(&w)?;
                 invalid(&w)?;

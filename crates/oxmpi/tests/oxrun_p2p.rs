@@ -69,6 +69,7 @@ fn all_scenarios_env(env: &[(&str, &str)]) {
             "wildcard",
             "zero_self",
             "sizes",
+            "matched_probe",
             "truncate",
             "invalid",
             "big",

@@ -105,6 +105,11 @@ enum SlotState {
     Send(SendReq),
     Recv(RecvReq),
     Done(Completion),
+    /// A message taken out of matching by a matched probe, until its receive starts.
+    Held {
+        ctx: u32,
+        msg: Unexpected,
+    },
 }
 
 #[derive(Debug)]
@@ -712,6 +717,50 @@ impl Engine {
             None => self.queues(ctx).post(Posted { id, src, tag }),
         }
         id
+    }
+
+    /// Takes the oldest message matching (`ctx`, `src`, `tag`) out of matching, if one has
+    /// arrived (`MPI_Improbe`): no receive can match it any more, and only
+    /// [`imrecv`](Self::imrecv) of the returned handle receives it.
+    pub fn improbe(&mut self, ctx: u32, src: i32, tag: i32) -> Option<(ReqId, Status)> {
+        let msg = self.queues(ctx).take_unexpected(src, tag)?;
+        let status = Status {
+            source: msg.src,
+            tag: msg.tag,
+            bytes: msg.len,
+        };
+        Some((self.alloc(SlotState::Held { ctx, msg }), status))
+    }
+
+    /// Starts the receive of a message taken by [`improbe`](Self::improbe) (`MPI_Imrecv`),
+    /// into `buf` or (`None`) a buffer of the message's size returned with the completion.
+    /// The handle becomes the receive's request id; `None` if it holds no message.
+    pub fn imrecv(&mut self, msg: ReqId, buf: Option<MemMut>) -> Option<ReqId> {
+        let slot = self.slot_mut(msg)?;
+        if !matches!(slot.state, SlotState::Held { .. }) {
+            return None;
+        }
+        let SlotState::Held { ctx, msg: u } = std::mem::replace(
+            &mut slot.state,
+            SlotState::Recv(RecvReq {
+                ctx: 0,
+                src: 0,
+                alloc: buf.is_none(),
+                buf,
+                state: RecvState::Posted,
+                peer: 0,
+                msg_tag: 0,
+                len: 0,
+                got: 0,
+            }),
+        ) else {
+            unreachable!()
+        };
+        if let SlotState::Recv(r) = &mut slot.state {
+            (r.ctx, r.src) = (ctx, u.src as i32);
+        }
+        self.match_unexpected(msg, u);
+        Some(msg)
     }
 
     /// Checks for a matching message without receiving it (`MPI_Iprobe`).

@@ -217,6 +217,62 @@ fn ssend_and_probe() {
     });
 }
 
+/// Matched probes: the probed message is out of matching (a later probe sees the next one),
+/// only its handle receives it (buffer, vector, object, scoped nonblocking; eager and
+/// rendezvous sizes), a dropped handle discards it without leaving its sender waiting, and a
+/// short buffer is a truncation error. Messages to self too.
+#[test]
+fn matched_probes_take_their_message_out_of_matching() {
+    threads(2, |u| {
+        let w = u.world();
+        let big: Vec<u16> = (0..150_000).map(|i| i as u16).collect();
+        if w.rank() == 1 {
+            w.send(&[1u16, 2, 3, 4, 5], 0, 1).unwrap();
+            w.send(&big, 0, 1).unwrap();
+            w.send_obj(&"probed", 0, 2).unwrap();
+            w.send(&big, 0, 3).unwrap();
+            w.send(&[9u8; 3], 0, 3).unwrap();
+            w.send(&[1u32; 25], 0, 4).unwrap();
+        } else {
+            let m = w.mprobe(ANY_SOURCE, 1).unwrap();
+            assert_eq!((m.status().source, m.status().bytes), (1, 10));
+            // Out of matching: the next probe sees the large message behind it.
+            assert_eq!(w.probe(ANY_SOURCE, ANY_TAG).unwrap().bytes, 300_000);
+            assert_eq!(m.recv_vec::<u16>().unwrap().0, [1, 2, 3, 4, 5]);
+            let m = w.mprobe(1, 1).unwrap();
+            let mut got = vec![0u16; big.len()];
+            w.scope(|s| s.imrecv(m, &mut got).unwrap().wait().unwrap());
+            assert_eq!(got, big);
+            let m = loop {
+                if let Some(m) = w.improbe(ANY_SOURCE, 2).unwrap() {
+                    break m;
+                }
+            };
+            let (text, st): (String, _) = m.recv_obj().unwrap();
+            assert_eq!((text.as_str(), st.tag), ("probed", 2));
+            // Dropped unreceived: discarded, and its (rendezvous) sender goes on.
+            drop(w.mprobe(1, 3).unwrap());
+            assert_eq!(w.recv_vec::<u8>(1, 3).unwrap().0, [9; 3]);
+            let m = w.mprobe(1, 4).unwrap();
+            let mut short = [0u32; 10];
+            assert!(matches!(
+                m.recv_into(&mut short),
+                Err(Error::Truncated {
+                    len: 100,
+                    capacity: 40,
+                    ..
+                })
+            ));
+        }
+        let sc = u.self_comm();
+        sc.send(&[5u8, 6], 0, 7).unwrap();
+        assert!(sc.improbe(0, 8).unwrap().is_none());
+        let m = sc.improbe(0, 7).unwrap().expect("a message to self");
+        assert_eq!(m.recv_vec::<u8>().unwrap().0, [5, 6]);
+        w.barrier().unwrap();
+    });
+}
+
 #[test]
 fn fabric_info_and_counts() {
     threads(2, |u| {
