@@ -93,7 +93,8 @@ impl Message {
         )
     }
 
-    /// Receives it into a new vector of exactly its length.
+    /// Receives it into a new vector of exactly its length. A length that is not a whole
+    /// number of `T` is [`Error::Count`], and the message is discarded.
     pub fn recv_vec<T: Pod>(self) -> Result<(Vec<T>, Status), Error> {
         let n = self.status.count::<T>()?;
         let mut v: Vec<T> = bytemuck::allocation::zeroed_vec(n as usize);
