@@ -52,8 +52,8 @@ pub fn recursive_doubling(b: &mut Builder, g: &Group, input: Span, output: Span)
 pub fn rabenseifner(b: &mut Builder, g: &Group, input: Span, output: Span, elem: usize) {
     let p = g.size();
     let n = input.len;
-    b.copy(input, output);
     if p == 1 {
+        b.copy(input, output);
         b.round();
         return;
     }
@@ -64,6 +64,7 @@ pub fn rabenseifner(b: &mut Builder, g: &Group, input: Span, output: Span, elem:
         let s = blocks.range(Buf::Send, a, c);
         output.sub(s.off, s.len)
     };
+    // `halving` fills `output` from `input` only where it reduces (see there).
     match super::reduce::halving(b, g, input, output, &blocks) {
         None => {
             b.recv(g, r + 1, output);

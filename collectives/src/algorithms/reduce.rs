@@ -59,9 +59,11 @@ pub fn binomial(
 /// the fully reduced block `nr` of `acc` (blocks from `blocks`, one per new rank). Returns
 /// this rank's new rank, `None` if it folded away. Commutative ops only.
 ///
-/// `acc` starts as a copy of `input` (same layout): sends made before anything is reduced
-/// into it take their bytes from `input`, so they need not wait for the copy and the peer
-/// does not read lines this rank has just written.
+/// `acc` (same layout as `input`) need not hold anything yet: sends made before anything is
+/// reduced into it take their bytes from `input`, and only the part the first reduction
+/// writes is copied from `input`, in the round that waits for the peer's part. A rank that
+/// folds away copies nothing, the others half of the vector (power-of-two sizes) instead
+/// of all of it; the blocks given away are never needed in `acc`.
 pub(crate) fn halving(
     b: &mut Builder,
     g: &Group,
@@ -73,15 +75,16 @@ pub(crate) fn halving(
     let r = g.rank;
     let n = acc.len;
     let t = Span::new(b.tmp(n), 0, n);
-    // Whether `acc` still equals `input`.
-    let mut pristine = input.len == acc.len;
+    // Whether nothing has been written to `acc` yet (the data is still only in `input`).
+    let mut pristine = true;
     if r < 2 * f.rem {
         if r.is_multiple_of(2) {
-            b.send(g, r + 1, if pristine { input } else { acc });
+            b.send(g, r + 1, input);
             b.round();
             return None;
         }
         b.recv(g, r - 1, t);
+        b.copy(input, acc);
         b.round();
         b.reduce(t, acc, true);
         pristine = false;
@@ -113,11 +116,18 @@ pub(crate) fn halving(
         if ks.len > 0 {
             b.recv(g, f.real(pnr), tk);
         }
+        if pristine {
+            b.copy(input.sub(ks.off - acc.off, ks.len), ks);
+        }
         b.round();
         b.reduce(tk, ks, pnr < nr);
         pristine = false;
         (lo, hi) = keep;
         mask >>= 1;
+    }
+    if pristine {
+        // One new rank (nothing exchanged): the whole vector is its block.
+        b.copy(input, acc);
     }
     Some(nr)
 }
@@ -134,7 +144,6 @@ pub fn rabenseifner(b: &mut Builder, g: &Group, root: u32, input: Span, output: 
     }
     let f = Fold::new(p);
     let acc = Span::new(b.tmp(n), 0, n);
-    b.copy(input, acc);
     let blocks = Blocks::split(n / elem, elem, f.pof2);
     let blk = |a: u32, c: u32| {
         let s = blocks.range(Buf::Send, a, c);

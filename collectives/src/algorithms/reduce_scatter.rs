@@ -12,7 +12,6 @@ pub fn recursive_halving(b: &mut Builder, g: &Group, input: Span, output: Span, 
     let r = g.rank;
     let n = input.len;
     let acc = Span::new(b.tmp(n), 0, n);
-    b.copy(input, acc);
     // Blocks of new ranks: new rank j covers original ranks first(j)..first(j + 1).
     let merged = Blocks::packed(
         (0..f.pof2)
