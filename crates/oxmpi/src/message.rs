@@ -129,10 +129,13 @@ impl Message {
 impl Drop for Message {
     fn drop(&mut self) {
         // Never received: take it into a buffer of its own and let it go, so a rendezvous
-        // sender is not left waiting for a read that would never come.
-        if self.id.is_some() {
-            let id = self.start(None);
-            self.comm.state.progress().engine.detach(id);
+        // sender is not left waiting for a read that would never come. (Not while the driver
+        // is borrowed, as by a panic unwinding through it: the message then stays held.)
+        let Some(msg) = self.id.take() else { return };
+        if let Ok(mut p) = self.comm.state.progress.try_borrow_mut() {
+            if let Some(id) = p.engine.imrecv(msg, None) {
+                p.engine.detach(id);
+            }
         }
     }
 }

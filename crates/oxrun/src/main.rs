@@ -184,7 +184,7 @@ fn run(args: Args) -> i32 {
         }
     };
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).ok();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let mut ranks = Vec::new();
     let mut pumps = Vec::new();
     for r in 0..args.n {
@@ -204,7 +204,7 @@ fn run(args: Args) -> i32 {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if args.bind_to == Bind::Core {
-            cmd.env("OXMPI_BIND_CPU", (r as usize % cpus).to_string());
+            cmd.env("OXMPI_BIND_CPU", cpus[r as usize % cpus.len()].to_string());
         }
         match cmd.spawn() {
             Ok(mut child) => {
@@ -360,4 +360,22 @@ fn main() {
         }
     }
     std::process::exit(run(args));
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container's cpuset
+/// leaves it), in order: `--bind-to core` pins rank `r` to the `r mod n`-th of them.
+fn allowed_cpus() -> Vec<usize> {
+    let cpus: Vec<usize> = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect()
+        })
+        .unwrap_or_default();
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n).collect()
+    } else {
+        cpus
+    }
 }

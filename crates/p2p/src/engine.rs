@@ -823,6 +823,17 @@ impl Engine {
                 }
             }
             Body::Rts { sreq, remote } => {
+                // A rendezvous announced before its sender was lost can never be read.
+                if let Some(why) = self.dead.get(u.src as usize).cloned().flatten() {
+                    let st = Status {
+                        source: u.src,
+                        tag: u.tag,
+                        bytes: 0,
+                    };
+                    let lost = P2pError::PeerLost { rank: u.src, why };
+                    self.complete(rid, st, Err(lost));
+                    return;
+                }
                 self.start_rndv_recv(rid, u.src, u.tag, u.len, sreq, remote)
             }
             Body::SelfSend { sreq } => {

@@ -497,6 +497,41 @@ fn lost_peer_fails_its_requests_and_no_others() {
     assert!(sim.wait(0, later).result.is_err());
 }
 
+/// Rendezvous messages announced before their sender was lost fail their receive, whether
+/// taken by a receive or by a matched probe (before or after the loss); an eager message that
+/// arrived before the loss is still received.
+#[test]
+fn announced_rendezvous_of_a_lost_peer_fail_and_arrived_eager_data_stays() {
+    let sim = Sim::new(2, 6, config());
+    let mut sends = Vec::new();
+    for (tag, len) in [(1, 5000), (2, 5000), (3, 5000), (4, 40)] {
+        sends.push(
+            sim.engine(1)
+                .isend(0, 0, tag, MemRef::owned(vec![7; len]), SendMode::Standard),
+        );
+    }
+    for _ in 0..1000 {
+        if sim.engine(0).iprobe(0, 1, 4).is_some() {
+            break;
+        }
+        sim.step();
+    }
+    let (held, st) = sim.engine(0).improbe(0, 1, 1).expect("announced");
+    assert_eq!(st.bytes, 5000);
+    sim.engine(0).fail_peer(1, "test");
+    let lost =
+        |c: oxmpi_p2p::Completion| matches!(c.result, Err(P2pError::PeerLost { rank: 1, .. }));
+    let r = sim.engine(0).imrecv(held, None).expect("held");
+    assert!(lost(sim.wait(0, r)), "probed before the loss");
+    let (later, _) = sim.engine(0).improbe(0, 1, 2).expect("announced");
+    let r = sim.engine(0).imrecv(later, None).expect("held");
+    assert!(lost(sim.wait(0, r)), "probed after the loss");
+    let r = sim.engine(0).irecv(0, 1, 3, None);
+    assert!(lost(sim.wait(0, r)), "received after the loss");
+    let r = sim.engine(0).irecv(0, 1, 4, None);
+    assert_eq!(sim.wait(0, r).data.unwrap(), vec![7; 40]);
+}
+
 #[test]
 fn probe_sees_unexpected_without_consuming() {
     let sim = Sim::new(2, 3, config());

@@ -11,9 +11,9 @@
 //! a rank does not ask a peer that has a rendezvous message of its to read as well (an
 //! exchange keeps both cores copying anyway), and helps only from a poll that found nothing.
 //! With more ranks than cores ([`Shm::new`]) the rules are stricter: a rank asks only a sender
-//! that waits for nothing but its sends ([`Fabric::read_from_idle`]), and helps only while
-//! the ranks that may share its core found nothing in their last poll either (its core would
-//! idle).
+//! that waits for nothing but its sends ([`Fabric::read_from_idle`]) and is pinned to another
+//! CPU, and helps only while its last poll and those of the ranks that may share its core
+//! found nothing.
 
 pub mod assist;
 pub mod ring;
@@ -102,9 +102,11 @@ pub struct Shm {
     next_poll: usize,
     short_naps: u8,
     assist: AssistConfig,
-    /// More of this host's ranks than cores: ask only idle senders, help only while the core
-    /// would idle.
+    /// More of this host's ranks than cores (and `OXMPI_SHM_ASSIST_MIN` not set): ask only
+    /// idle senders pinned to another CPU, help only while the core-mates' polls are empty.
     shared_cores: bool,
+    /// The CPU this rank is pinned to, if one.
+    cpu: Option<u32>,
     /// With `shared_cores`, the peers that may run on this rank's core: those pinned to its
     /// CPU, or every peer when this rank or that peer is not pinned to one CPU.
     core_mates: Vec<Rank>,
@@ -168,11 +170,14 @@ impl Shm {
     /// claimed keeps its reader waiting: assisting every read measured slower there for
     /// `osu_alltoall` and `osu_allreduce`, whose ranks all send and receive, and faster for
     /// `osu_bcast`, whose root only sends (docs/benchmarks.md). So there a rank asks only a
-    /// sender that waits for nothing but its sends ([`Fabric::read_from_idle`]), and helps
-    /// only while its core would otherwise idle: its own poll and those of the ranks that may
-    /// share its core (`core_mates`) found nothing.
+    /// sender that waits for nothing but its sends ([`Fabric::read_from_idle`]) and is pinned
+    /// to another CPU than its own, and helps only while its own last poll and those of the
+    /// ranks that may share its core (`core_mates`) found nothing (a rank computing outside
+    /// oxmpi still shows its last poll). `OXMPI_SHM_ASSIST_MIN` set lifts these rules: every
+    /// read of that size asks, every empty poll helps.
     pub fn new(rank: Rank, size: u32, own: Segment, peers: Vec<ShmPeer>, cores: usize) -> Self {
-        let shared_cores = peers.len() + 1 > cores;
+        let forced_min = env_usize("OXMPI_SHM_ASSIST_MIN");
+        let shared_cores = peers.len() + 1 > cores && forced_min.is_none();
         let mut outbound: Vec<Option<Outbound>> = (0..size).map(|_| None).collect();
         let mut inbound = Vec::new();
         for p in peers {
@@ -188,7 +193,7 @@ impl Shm {
                 lent: 0,
             });
         }
-        let min = env_usize("OXMPI_SHM_ASSIST_MIN").unwrap_or(ASSIST_MIN);
+        let min = forced_min.unwrap_or(ASSIST_MIN);
         let my_cpu = own.cpu();
         let core_mates = if shared_cores {
             let shares = |o: &Outbound| {
@@ -215,6 +220,7 @@ impl Shm {
                     .max(4096),
             },
             shared_cores,
+            cpu: my_cpu,
             core_mates,
             idle: false,
             counters: ShmCounters::default(),
@@ -231,7 +237,7 @@ impl Shm {
         dst: &mut [u8],
         sender_idle: bool,
     ) -> Result<(), FabricError> {
-        let (me, assist, shared_cores) = (self.rank, self.assist, self.shared_cores);
+        let (me, assist, shared_cores, cpu) = (self.rank, self.assist, self.shared_cores, self.cpu);
         let counters = &mut self.counters;
         let out = self.outbound[peer as usize].as_mut().expect("shm peer");
         let pid = out.pid;
@@ -244,8 +250,13 @@ impl Shm {
             |e: std::io::Error| FabricError::Rma(format!("process_vm_readv from rank {peer}: {e}"));
         // Not while the peer has a message of ours to read too (an exchange): it is copying
         // then rather than idle, and splitting the read into claims would only add calls.
-        // Sharing cores, only an idle sender: it has nothing else to do.
-        if dst.len() < assist.min || !out.asks || out.lent > 0 || (shared_cores && !sender_idle) {
+        // Sharing cores, only an idle sender (it has nothing else to do) on another CPU.
+        let apart = cpu.is_some() && out.segment.cpu().is_some_and(|c| Some(c) != cpu);
+        if dst.len() < assist.min
+            || !out.asks
+            || out.lent > 0
+            || (shared_cores && !(sender_idle && apart))
+        {
             return cma_read(pid, remote.addr + offset, dst).map_err(rma);
         }
         let r = assist::assisted_read(
