@@ -128,12 +128,14 @@ impl Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
-        // Never received: take it into a buffer of its own and let it go, so a rendezvous
-        // sender is not left waiting for a read that would never come. (Not while the driver
-        // is borrowed, as by a panic unwinding through it: the message then stays held.)
+        // Never received: receive it into an empty buffer (a truncation nobody sees; a
+        // rendezvous is not read, only finished) and let it go, so its sender is not left
+        // waiting. (Not while the driver is borrowed, as by a panic unwinding through it: the
+        // message then stays held.)
         let Some(msg) = self.id.take() else { return };
         if let Ok(mut p) = self.comm.state.progress.try_borrow_mut() {
-            if let Some(id) = p.engine.imrecv(msg, None) {
+            let empty = oxmpi_fabric::MemMut::from_vec(Vec::new());
+            if let Some(id) = p.engine.imrecv(msg, Some(empty)) {
                 p.engine.detach(id);
             }
         }

@@ -1138,6 +1138,12 @@ impl Engine {
             len: r.len,
             key: remote.key,
         };
+        if n == 0 {
+            // Nothing fits (a discarding or zero-length receive): no read, the sender is done.
+            self.push_tx(peer, Tx::Fin { sreq });
+            self.finish_rndv_recv(rid);
+            return Ok(());
+        }
         let dst = &mut buf.bytes_mut()[..n];
         let read = if remote.sender_idle {
             fabric.read_from_idle(peer, key, 0, dst)
