@@ -740,25 +740,21 @@ impl Engine {
         if !matches!(slot.state, SlotState::Held { .. }) {
             return None;
         }
-        let SlotState::Held { ctx, msg: u } = std::mem::replace(
-            &mut slot.state,
-            SlotState::Recv(RecvReq {
-                ctx: 0,
-                src: 0,
-                alloc: buf.is_none(),
-                buf,
-                state: RecvState::Posted,
-                peer: 0,
-                msg_tag: 0,
-                len: 0,
-                got: 0,
-            }),
-        ) else {
+        let SlotState::Held { ctx, msg: u } = std::mem::replace(&mut slot.state, SlotState::Free)
+        else {
             unreachable!()
         };
-        if let SlotState::Recv(r) = &mut slot.state {
-            (r.ctx, r.src) = (ctx, u.src as i32);
-        }
+        slot.state = SlotState::Recv(RecvReq {
+            ctx,
+            src: u.src as i32,
+            alloc: buf.is_none(),
+            buf,
+            state: RecvState::Posted,
+            peer: 0,
+            msg_tag: 0,
+            len: 0,
+            got: 0,
+        });
         self.match_unexpected(msg, u);
         Some(msg)
     }
