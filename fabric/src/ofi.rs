@@ -569,9 +569,10 @@ pub struct Ofi {
     /// User buffers registered for reads (lent ones and read destinations).
     cache: RegCache<OfiRegistrar>,
     registrar: OfiRegistrar,
-    /// Leases on registrations lent to peers, by key (a cached registration lent twice has
-    /// two leases under one key).
-    lent: HashMap<u64, Vec<Lease>>,
+    /// Registrations lent to peers, by key: one lease each, and how many more times the key
+    /// is lent (a cached registration lent twice needs no second lease to stay registered),
+    /// so lending and releasing allocate nothing.
+    lent: HashMap<u64, (Lease, u32)>,
     scratch: Box<[u8; PREFIX + HEADER_LEN + INJECT_CAP]>,
     /// Operation contexts: RX_SLOTS receives, TX_SLOTS sends, one read.
     ctx: Box<[fi::fi_context2]>,
@@ -1475,7 +1476,15 @@ impl Fabric for Ofi {
             // Without FI_MR_VIRT_ADDR a target address is an offset into the registration.
             (b.as_ptr() as usize - lease.base()) as u64
         };
-        self.lent.entry(key).or_default().push(lease);
+        match self.lent.get_mut(&key) {
+            Some((_, more)) => {
+                *more += 1;
+                self.cache.release(&mut self.registrar, lease);
+            }
+            None => {
+                self.lent.insert(key, (lease, 0));
+            }
+        }
         Ok(RemoteKey {
             addr,
             len: b.len() as u64,
@@ -1484,14 +1493,14 @@ impl Fabric for Ofi {
     }
 
     fn release_key(&mut self, _peer: Rank, key: &RemoteKey) {
-        let Some(leases) = self.lent.get_mut(&key.key) else {
-            return;
-        };
-        if let Some(lease) = leases.pop() {
-            self.cache.release(&mut self.registrar, lease);
-        }
-        if leases.is_empty() {
-            self.lent.remove(&key.key);
+        match self.lent.get_mut(&key.key) {
+            Some((_, more)) if *more > 0 => *more -= 1,
+            Some(_) => {
+                if let Some((lease, _)) = self.lent.remove(&key.key) {
+                    self.cache.release(&mut self.registrar, lease);
+                }
+            }
+            None => {}
         }
     }
 
@@ -1577,10 +1586,8 @@ impl Ofi {
 impl Drop for Ofi {
     fn drop(&mut self) {
         // Registrations go before the domain (closed when `ep` drops).
-        for (_, leases) in self.lent.drain() {
-            for lease in leases {
-                self.cache.release(&mut self.registrar, lease);
-            }
+        for (_, (lease, _)) in self.lent.drain() {
+            self.cache.release(&mut self.registrar, lease);
         }
         self.cache.clear(&mut self.registrar);
     }
@@ -1687,6 +1694,51 @@ mod tests {
         send(&mut d, &mut c, b"after");
         let got = exchange(&mut d, &mut c, |_, n| n == 1);
         assert_eq!(got, [b"after".to_vec()]);
+    }
+
+    /// A buffer lent twice (two rendezvous sends of one buffer in flight) stays readable
+    /// until its last key is released, and is then no longer held.
+    #[test]
+    fn shm_a_buffer_lent_twice_stays_registered_until_its_last_release() {
+        let (mut a, mut b) = pair_over("shm", [5, 5]);
+        // Connect the reader to the lender first, as an RTS would have.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.send(0, &[0u8; HEADER_LEN], b"rts").unwrap() == Sent::WouldBlock {
+            assert!(Instant::now() < deadline, "send stayed blocked");
+            a.poll(&mut |_| {}).unwrap();
+            b.poll(&mut |_| {}).unwrap();
+        }
+        let got = exchange(&mut b, &mut a, |_, n| n == 1);
+        assert_eq!(got, [b"rts".to_vec()]);
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mem = MemRef::owned(data.clone());
+        let first = a.remote_key(1, &mem).unwrap();
+        let second = a.remote_key(1, &mem).unwrap();
+        assert_eq!(first.key, second.key, "one cached registration");
+        assert_eq!(a.lent.len(), 1);
+        let read = |a: &mut Ofi, b: &mut Ofi, key: RemoteKey| {
+            let mut got = vec![0u8; data.len()];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match b.read(0, key, 0, &mut got) {
+                    Ok(()) => return got,
+                    Err(e) if Instant::now() > deadline => panic!("read failed: {e}"),
+                    // The provider may push back while it maps the peer's region.
+                    Err(_) => a.poll(&mut |_| {}).unwrap(),
+                };
+            }
+        };
+        a.release_key(1, &first);
+        assert_eq!(a.lent.len(), 1, "released with a second loan out");
+        assert!(
+            read(&mut a, &mut b, second) == data,
+            "read after the first release"
+        );
+        a.release_key(1, &second);
+        assert!(a.lent.is_empty(), "the last release gives the lease back");
+        // Releasing a key again, or one never lent, changes nothing.
+        a.release_key(1, &second);
+        assert!(a.lent.is_empty());
     }
 
     /// Over the shm provider, eager frames beyond its inject size go out in place: the
