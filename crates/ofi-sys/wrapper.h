@@ -35,6 +35,7 @@ int oxmpi_fi_ep_bind(struct fid_ep *ep, struct fid *bfid, uint64_t flags);
 int oxmpi_fi_enable(struct fid_ep *ep);
 int oxmpi_fi_close(struct fid *fid);
 int oxmpi_fi_getname(struct fid *fid, void *addr, size_t *addrlen);
+int oxmpi_fi_setname(struct fid *fid, void *addr, size_t addrlen);
 int oxmpi_fi_av_insert(struct fid_av *av, const void *addr, size_t count, fi_addr_t *fi_addr,
                        uint64_t flags);
 ssize_t oxmpi_fi_send(struct fid_ep *ep, const void *buf, size_t len, void *desc,

@@ -132,6 +132,13 @@ pub struct OfiConfig {
     /// Use remote reads where the provider offers them (`OXMPI_OFI_RMA=0` turns them off:
     /// rendezvous then uses the pipeline of sends, as with a provider without RMA).
     pub rma: bool,
+    /// The endpoint's name where the provider names it in the file system (the `shm`
+    /// provider's region in `/dev/shm`); the provider's own name when `None`. Wire-up names
+    /// it after the job and rank (`oxmpi-<job>-ofi-<rank>`): the provider's default,
+    /// `<pid>:<uid>:<n>`, collides with a region left by a killed process whose pid is
+    /// reused (libfabric 1.17 then fails `fi_enable` with `EBUSY`), and `oxrun` removes a
+    /// job's leftovers by its name.
+    pub endpoint_name: Option<String>,
 }
 
 impl OfiConfig {
@@ -144,6 +151,7 @@ impl OfiConfig {
             local_only,
             job_tag: 0,
             rma: var("OXMPI_OFI_RMA").is_none_or(|v| v != "0"),
+            endpoint_name: None,
         }
     }
 }
@@ -676,6 +684,20 @@ impl Ofi {
                 fi::oxmpi_fi_ep_bind(ep.ep, &mut (*ep.av).fid, 0) as i64,
                 "fi_ep_bind(av)",
             )?;
+            if let (true, Some(name)) = (prov_name == "shm", &config.endpoint_name) {
+                let name = CString::new(name.as_str()).map_err(|_| {
+                    FabricError::Setup(format!("endpoint name {name:?} holds a NUL byte"))
+                })?;
+                let bytes = name.as_bytes_with_nul();
+                setup(
+                    fi::oxmpi_fi_setname(
+                        &mut (*ep.ep).fid,
+                        bytes.as_ptr() as *mut c_void,
+                        bytes.len(),
+                    ) as i64,
+                    "fi_setname",
+                )?;
+            }
             setup(fi::oxmpi_fi_enable(ep.ep) as i64, "fi_enable")?;
         }
         let mr_local = mr_mode & fi::FI_MR_LOCAL != 0;
@@ -1613,6 +1635,7 @@ mod tests {
                     local_only: true,
                     job_tag: 5,
                     rma: true,
+                    endpoint_name: None,
                 };
                 Ofi::open(rank, n, &config).expect("an endpoint of the provider")
             })
@@ -1633,6 +1656,7 @@ mod tests {
                 local_only: true,
                 job_tag: tag,
                 rma: true,
+                endpoint_name: None,
             };
             Ofi::open(rank, 2, &config).expect("an endpoint of the provider")
         };
@@ -1694,6 +1718,54 @@ mod tests {
         send(&mut d, &mut c, b"after");
         let got = exchange(&mut d, &mut c, |_, n| n == 1);
         assert_eq!(got, [b"after".to_vec()]);
+    }
+
+    /// Over the shm provider an endpoint takes the name it is given: its region is
+    /// `/dev/shm/<name>` while it is open (not the provider's pid-derived default, which a
+    /// region left by a killed process with the same pid blocks), peers reach it by that
+    /// name, and closing it removes the file.
+    #[test]
+    fn shm_endpoints_take_the_names_they_are_given() {
+        let names: Vec<String> = (0..2)
+            .map(|r| format!("oxmpi-t{}-ofi-{r}", std::process::id()))
+            .collect();
+        let open = |rank: Rank| {
+            let config = OfiConfig {
+                provider: Some("shm".into()),
+                domain: None,
+                local_only: true,
+                job_tag: 9,
+                rma: true,
+                endpoint_name: Some(names[rank as usize].clone()),
+            };
+            Ofi::open(rank, 2, &config).expect("a named shm endpoint")
+        };
+        let (mut a, mut b) = (open(0), open(1));
+        for (e, name) in [&a, &b].into_iter().zip(&names) {
+            let addr = e.address().unwrap();
+            let text = String::from_utf8_lossy(&addr);
+            assert!(
+                text.contains(name.as_str()),
+                "address {text:?} is not named {name}"
+            );
+            assert!(
+                std::path::Path::new("/dev/shm").join(name).exists(),
+                "no region /dev/shm/{name}"
+            );
+        }
+        let addrs = vec![a.address().unwrap(), b.address().unwrap()];
+        a.connect(&addrs).unwrap();
+        b.connect(&addrs).unwrap();
+        send(&mut a, &mut b, b"by name");
+        let got = exchange(&mut a, &mut b, |_, n| n == 1);
+        assert_eq!(got, [b"by name".to_vec()]);
+        drop((a, b));
+        for name in &names {
+            assert!(
+                !std::path::Path::new("/dev/shm").join(name).exists(),
+                "/dev/shm/{name} outlived its endpoint"
+            );
+        }
     }
 
     /// A buffer lent twice (two rendezvous sends of one buffer in flight) stays readable

@@ -531,6 +531,7 @@ fn wire_up_ofi(
     let mut ofi = if reach.iter().any(|&r| r) {
         let mut config = OfiConfig::from_env(local_only);
         config.job_tag = env.secret.tag32("ofi");
+        config.endpoint_name = Some(format!("oxmpi-{}-ofi-{}", env.job, env.rank));
         if config.provider.is_none() {
             config.provider = provider;
         }

@@ -114,6 +114,8 @@ int oxmpi_fi_enable(struct fid_ep *ep) { return fi_enable(ep); }
 int oxmpi_fi_close(struct fid *fid) { return fi_close(fid); }
 int oxmpi_fi_getname(struct fid *fid, void *addr, size_t *addrlen)
 { return fi_getname(fid, addr, addrlen); }
+int oxmpi_fi_setname(struct fid *fid, void *addr, size_t addrlen)
+{ return fi_setname(fid, addr, addrlen); }
 int oxmpi_fi_av_insert(struct fid_av *av, const void *addr, size_t count, fi_addr_t *fi_addr,
                        uint64_t flags)
 { return fi_av_insert(av, addr, count, fi_addr, flags, NULL); }

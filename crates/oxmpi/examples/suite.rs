@@ -427,6 +427,28 @@ fn main() -> Result<(), Error> {
                 }
                 let _ = w.recv_vec::<u8>(last, 0);
             }
+            "sigkill" => {
+                // Each rank says whether libfabric's shm provider holds its region under the
+                // job's name (over that provider it must); then the last rank is killed,
+                // which leaves its region behind for oxrun to remove.
+                let job = std::env::var("OXMPI_JOB").unwrap_or_default();
+                let region = format!("/dev/shm/oxmpi-{job}-ofi-{}", w.rank());
+                let held = std::path::Path::new(&region).exists();
+                println!(
+                    "rank {}: job {job}: ofi region {}",
+                    w.rank(),
+                    if held { "held" } else { "absent" }
+                );
+                w.barrier()?;
+                if w.rank() == w.size() - 1 {
+                    // The shell's built-in kill: no extra package needed.
+                    let _ = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("kill -9 {}", std::process::id()))
+                        .status();
+                }
+                let _ = w.recv_vec::<u8>(w.size() - 1, 0);
+            }
             "sigabrt" => {
                 // The last rank dies of SIGABRT, as a failed C assertion or a Rust
                 // `process::abort` would: oxrun must name the signal.
