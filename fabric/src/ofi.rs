@@ -81,6 +81,7 @@ const API_VERSION: u32 = fi::make_version(1, 11);
 
 /// Loads libfabric (at the first use of the `ofi` fabric), or says why it cannot be loaded.
 fn library() -> Result<(), String> {
+    tune_providers();
     fi::load().map_err(|e| {
         format!(
             "libfabric could not be loaded ({e}); install it: `apt-get install libfabric1` on \
@@ -191,15 +192,23 @@ fn cap_names(bits: u64) -> String {
 /// into rxm's own slower rendezvous).
 const RXM_BUFFER_SIZE: usize = SLOT + 256;
 
-/// Sets the provider parameters oxmpi relies on, once, before libfabric reads them (at the
-/// first `fi_getinfo`); values the user set are kept.
+/// Sets the provider parameters oxmpi relies on, once, before libfabric is loaded and reads
+/// them; values the user set are kept:
+/// - `FI_OFI_RXM_BUFFER_SIZE` ([`RXM_BUFFER_SIZE`]), read at the first `fi_getinfo`;
+/// - `IPATH_NO_BACKTRACE=1`, read when libfabric's PSM provider library (`libinfinipath`,
+///   linked by Debian's libfabric) is loaded: otherwise its handler catches a rank's fatal
+///   signals (SIGABRT, SIGSEGV, ...), prints a backtrace and exits with code 1, so `oxrun`
+///   could not say which signal killed the rank.
 fn tune_providers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        // Wire-up runs before the program starts threads that could read the environment
+        // concurrently.
         if std::env::var_os("FI_OFI_RXM_BUFFER_SIZE").is_none() {
-            // Wire-up runs before the program starts threads that could read the environment
-            // concurrently.
             std::env::set_var("FI_OFI_RXM_BUFFER_SIZE", RXM_BUFFER_SIZE.to_string());
+        }
+        if std::env::var_os("IPATH_NO_BACKTRACE").is_none() {
+            std::env::set_var("IPATH_NO_BACKTRACE", "1");
         }
     });
 }
