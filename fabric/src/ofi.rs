@@ -1628,6 +1628,18 @@ impl Drop for Ofi {
 mod tests {
     use super::*;
 
+    /// A name for a test endpoint no other process uses, now or before: over the shm provider
+    /// its region is `/dev/shm/<name>`, and the provider's pid-derived default collides with
+    /// a region a killed process of the same pid left (`fi_enable` then fails with `EBUSY`).
+    fn test_endpoint_name() -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("oxmpi-test-{}-{nanos:x}-{n}", std::process::id())
+    }
+
     /// Two endpoints of a 2-rank world in this process over `tcp;ofi_rxm` on loopback, with
     /// the given job tags.
     fn pair(tags: [u32; 2]) -> (Ofi, Ofi) {
@@ -1644,7 +1656,7 @@ mod tests {
                     local_only: true,
                     job_tag: 5,
                     rma: true,
-                    endpoint_name: None,
+                    endpoint_name: Some(test_endpoint_name()),
                 };
                 Ofi::open(rank, n, &config).expect("an endpoint of the provider")
             })
@@ -1665,7 +1677,7 @@ mod tests {
                 local_only: true,
                 job_tag: tag,
                 rma: true,
-                endpoint_name: None,
+                endpoint_name: Some(test_endpoint_name()),
             };
             Ofi::open(rank, 2, &config).expect("an endpoint of the provider")
         };
@@ -1735,9 +1747,7 @@ mod tests {
     /// name, and closing it removes the file.
     #[test]
     fn shm_endpoints_take_the_names_they_are_given() {
-        let names: Vec<String> = (0..2)
-            .map(|r| format!("oxmpi-t{}-ofi-{r}", std::process::id()))
-            .collect();
+        let names: Vec<String> = (0..2).map(|_| test_endpoint_name()).collect();
         let open = |rank: Rank| {
             let config = OfiConfig {
                 provider: Some("shm".into()),
