@@ -693,6 +693,9 @@ impl Ofi {
                 fi::oxmpi_fi_ep_bind(ep.ep, &mut (*ep.av).fid, 0) as i64,
                 "fi_ep_bind(av)",
             )?;
+            // Only the shm provider takes a name of ours: elsewhere `fi_setname` sets a
+            // network address. It copies the name (the provider only reads the bytes, so
+            // the `*mut` cast writes nothing), and must come before `fi_enable`.
             if let (true, Some(name)) = (prov_name == "shm", &config.endpoint_name) {
                 let name = CString::new(name.as_str()).map_err(|_| {
                     FabricError::Setup(format!("endpoint name {name:?} holds a NUL byte"))
