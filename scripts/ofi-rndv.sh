@@ -3,6 +3,8 @@
 #   fi_pingpong        libfabric's own ping-pong (fi_send matched by the provider to a fi_recv)
 #   rndv (C)           oxmpi's protocol alone in C: RTS inject, fi_read, FIN inject
 #                      (bench/peer/ofi_rndv_pingpong.c, built here with cc -lfabric)
+#   tagged (C)         the same loop with -t: RTS inject, then the data as a tagged message
+#                      the receiver posts a tagged receive for on the RTS; no FIN
 #   osu_latency        oxmpi's osu_latency over OXMPI_FABRIC=ofi OXMPI_OFI_PROVIDER=shm
 # each pinned to CPUs 0 and 1, at the sizes where the ofi backend uses the rendezvous
 # (above 16 KiB) and at 4 and 16 KiB; prints each one's median (and range) in us, half a
@@ -46,6 +48,10 @@ for r in $(seq "$rounds"); do
     timeout 120 bench/peer/build/ofi_rndv_pingpong -i "$iters" $sizes |
         awk '{ print "rndv_c", $1, $2 }' >>"$raw" ||
         echo "ofi-rndv.sh: ofi_rndv_pingpong failed in round $r" >&2
+    # shellcheck disable=SC2086
+    timeout 120 bench/peer/build/ofi_rndv_pingpong -t -i "$iters" $sizes |
+        awk '{ print "tagged_c", $1, $2 }' >>"$raw" ||
+        echo "ofi-rndv.sh: ofi_rndv_pingpong -t failed in round $r" >&2
     OXMPI_FABRIC=ofi OXMPI_OFI_PROVIDER=shm timeout 120 "$bin/oxrun" --bind-to core -n 2 \
         "$bin/osu_latency" -m 4096:65536 -i "$iters" |
         awk -v want="$sizes" 'BEGIN { split(want, w); for (i in w) keep[w[i]] = 1 }
@@ -61,13 +67,14 @@ d = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     who, size, us = line.split()
     d[(int(size), who)].append(float(us))
-cols = ["fi_pingpong", "rndv_c", "osu_latency"]
-print(f"{'size':>8} " + " ".join(f"{c:>20}" for c in cols) + f" {'rndv_c/fpp':>11} {'osu/fpp':>8}")
+cols = ["fi_pingpong", "rndv_c", "tagged_c", "osu_latency"]
+print(f"{'size':>8} " + " ".join(f"{c:>20}" for c in cols)
+      + f" {'rndv_c/fpp':>11} {'tagged_c/fpp':>13} {'osu/fpp':>8}")
 for size in sorted({s for s, _ in d}):
     med = {c: statistics.median(d[(size, c)]) for c in cols if d[(size, c)]}
     cell = lambda c: (f"{med[c]:.2f} ({min(d[(size, c)]):.2f}-{max(d[(size, c)]):.2f})"
                       if c in med else "-")
     ratio = lambda c: f"{med[c] / med['fi_pingpong']:.2f}" if c in med and "fi_pingpong" in med else "-"
     print(f"{size:>8} " + " ".join(f"{cell(c):>20}" for c in cols)
-          + f" {ratio('rndv_c'):>11} {ratio('osu_latency'):>8}")
+          + f" {ratio('rndv_c'):>11} {ratio('tagged_c'):>13} {ratio('osu_latency'):>8}")
 PY

@@ -9,7 +9,12 @@
  * provider, to set beside libfabric's own `fi_pingpong` (one `fi_send` the provider matches to a
  * posted `fi_recv`) and oxmpi's `osu_latency` (the same protocol through oxmpi's layers).
  *
- *   ofi_rndv_pingpong [-i ITERS] SIZE...
+ * With -t, the variant that lets the provider place the data: the sender injects the RTS and
+ * at once posts the data as a tagged message (`fi_tsend`, a tag per message); the receiver,
+ * on the RTS, posts a tagged receive for that tag into its buffer, and the provider's own
+ * completion of the tagged send replaces the FIN.
+ *
+ *   ofi_rndv_pingpong [-t] [-i ITERS] SIZE...
  *
  * Prints one line per SIZE: "SIZE USEC" with USEC half a round trip, as `osu_latency` and
  * `fi_pingpong` report. The parent runs on CPU 0, the child on CPU 1. Only the shm provider:
@@ -24,6 +29,7 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include <rdma/fi_tagged.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,8 +60,10 @@ static struct fid_ep *ep;
 static struct fid_cq *cq;
 static fi_addr_t peer;
 static char slot_buf[SLOTS][SLOT_BYTES];
-static struct fi_context2 slot_ctx[SLOTS], read_ctx;
-static int read_done;
+static struct fi_context2 slot_ctx[SLOTS], read_ctx, tsend_ctx, trecv_ctx;
+static int read_done, tsend_done, trecv_done;
+/* A control message that arrived while a tagged operation was waited for (-t): its slot. */
+static int held_slot = -1;
 
 static double now_us(void) {
     struct timespec t;
@@ -76,15 +84,18 @@ static int poll_once(void) {
     ssize_t n = fi_cq_read(cq, &e, 1);
     if (n == -FI_EAGAIN) return -1;
     if (n < 0) die_cq();
-    if (e.flags & FI_RECV) return (int)((struct fi_context2 *)e.op_context - slot_ctx);
-    if (e.flags & FI_READ) read_done = 1;
+    if (e.op_context == &tsend_ctx) tsend_done = 1;
+    else if (e.op_context == &trecv_ctx) trecv_done = 1;
+    else if (e.flags & FI_RECV) return (int)((struct fi_context2 *)e.op_context - slot_ctx);
+    else if (e.flags & FI_READ) read_done = 1;
     return -1;
 }
 
 /* Waits for the next control message; returns it and posts its slot again. */
 static struct ctl wait_ctl(void) {
-    int s;
-    while ((s = poll_once()) < 0) {
+    int s = held_slot;
+    held_slot = -1;
+    while (s < 0 && (s = poll_once()) < 0) {
     }
     struct ctl m;
     memcpy(&m, slot_buf[s], sizeof m);
@@ -104,16 +115,17 @@ static void inject(const struct ctl *m) {
 }
 
 int main(int argc, char **argv) {
-    int iters = 20000, opt;
-    while ((opt = getopt(argc, argv, "i:")) != -1) {
+    int iters = 20000, opt, tagged = 0;
+    while ((opt = getopt(argc, argv, "ti:")) != -1) {
         if (opt == 'i') iters = atoi(optarg);
+        else if (opt == 't') tagged = 1;
         else {
-            fprintf(stderr, "usage: %s [-i ITERS] SIZE...\n", argv[0]);
+            fprintf(stderr, "usage: %s [-t] [-i ITERS] SIZE...\n", argv[0]);
             return 2;
         }
     }
     if (optind >= argc || iters < 2) {
-        fprintf(stderr, "usage: %s [-i ITERS] SIZE...\n", argv[0]);
+        fprintf(stderr, "usage: %s [-t] [-i ITERS] SIZE...\n", argv[0]);
         return 2;
     }
     size_t max = 0;
@@ -137,7 +149,7 @@ int main(int argc, char **argv) {
     sched_setaffinity(0, sizeof cpus, &cpus); /* best effort */
 
     struct fi_info *hints = fi_allocinfo(), *info;
-    hints->caps = FI_MSG | FI_RMA;
+    hints->caps = FI_MSG | FI_RMA | (tagged ? FI_TAGGED : 0);
     hints->ep_attr->type = FI_EP_RDM;
     hints->mode = FI_CONTEXT | FI_CONTEXT2;
     hints->domain_attr->mr_mode = FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
@@ -192,7 +204,47 @@ int main(int argc, char **argv) {
         for (int it = 0; it < iters + warmup; it++) {
             if (it == warmup) start = now_us();
             int sending = (it % 2 == 0) != child;
-            if (sending) {
+            if (tagged && sending) {
+                /* The peer's next RTS may come before this send's completion: hold it. */
+                inject(&rts);
+                tsend_done = 0;
+                ssize_t r;
+                while ((r = fi_tsend(ep, src, size, NULL, peer, (uint64_t)it, &tsend_ctx)) ==
+                       -FI_EAGAIN) {
+                    int s = poll_once();
+                    if (s >= 0) held_slot = s;
+                }
+                CHECK(r);
+                while (!tsend_done) {
+                    int s = poll_once();
+                    if (s >= 0) held_slot = s;
+                }
+            } else if (tagged) {
+                if (wait_ctl().kind != RTS) {
+                    fprintf(stderr, "ofi_rndv_pingpong: expected an RTS\n");
+                    return 1;
+                }
+                trecv_done = 0;
+                ssize_t r;
+                while ((r = fi_trecv(ep, dst, size, NULL, peer, (uint64_t)it, 0, &trecv_ctx)) ==
+                       -FI_EAGAIN) {
+                    if (poll_once() >= 0) {
+                        fprintf(stderr, "ofi_rndv_pingpong: a message arrived out of turn\n");
+                        return 1;
+                    }
+                }
+                CHECK(r);
+                while (!trecv_done) {
+                    if (poll_once() >= 0) {
+                        fprintf(stderr, "ofi_rndv_pingpong: a message arrived during a receive\n");
+                        return 1;
+                    }
+                }
+                if (dst[size - 1] != 'a' + !child) {
+                    fprintf(stderr, "ofi_rndv_pingpong: the receive brought the wrong bytes\n");
+                    return 1;
+                }
+            } else if (sending) {
                 inject(&rts);
                 if (wait_ctl().kind != FIN) {
                     fprintf(stderr, "ofi_rndv_pingpong: expected a FIN\n");
