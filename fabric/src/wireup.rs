@@ -336,6 +336,7 @@ pub fn wire_up(env: &JobEnv, kvs: &mut KvsClient, cores: usize) -> Result<Router
     } else {
         None
     };
+    let _own_name = own.as_ref().map(Segment::name_guard);
     let listener = if matches!(choice, FabricChoice::Auto | FabricChoice::Tcp) {
         let bind = std::env::var("OXMPI_TCP_BIND").unwrap_or_else(|_| "127.0.0.1:0".into());
         Some(

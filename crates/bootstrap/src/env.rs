@@ -6,7 +6,7 @@
 //! | `OXMPI_SIZE` | number of ranks in the world |
 //! | `OXMPI_KVS` | `host:port` of the key-value service |
 //! | `OXMPI_SECRET` | the job secret, 64 hex digits |
-//! | `OXMPI_JOB` | the job id, used to name shared-memory segments |
+//! | `OXMPI_JOB` | the job id, used to name shared-memory segments (unset: derived from the secret) |
 //! | `OXMPI_BOOT_TIMEOUT` | seconds to wait for wire-up (default 60) |
 //!
 //! A process started without `OXMPI_RANK` is a singleton: a world of one.
@@ -73,6 +73,9 @@ impl JobEnv {
         let secret = Secret::from_hex(
             &get(SECRET).ok_or_else(|| BootstrapError::BadEnv(format!("{SECRET} is not set")))?,
         )?;
+        // Without `OXMPI_JOB` (a launcher other than `oxrun`) every rank derives the same id
+        // from the job's secret: segment names must agree between ranks.
+        let job = get(JOB).unwrap_or_else(|| secret.job_id());
         let kvs = get(KVS);
         if size > 1 && kvs.is_none() {
             return Err(BootstrapError::BadEnv(format!("{KVS} is not set")));
@@ -82,7 +85,7 @@ impl JobEnv {
             size,
             kvs,
             secret,
-            job: get(JOB).unwrap_or_else(|| format!("p{}", std::process::id())),
+            job,
             boot_timeout,
         })
     }

@@ -630,6 +630,95 @@ fn singleton_start_without_oxrun() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("zero_self: ok on 1 rank(s)"));
 }
 
+/// Ranks of a job whose wire-up fails (here: one of three never starts, so the first fence
+/// times out) remove their shared-memory segments themselves: a launcher other than `oxrun`
+/// sweeps nothing away after them.
+#[test]
+fn a_wire_up_that_fails_leaves_no_segment_behind() {
+    use oxmpi_bootstrap::{KvsServer, Secret};
+    let secret = Secret::random();
+    let kvs = KvsServer::start(3, secret.clone(), "127.0.0.1:0").expect("key-value service");
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            Command::new(bin("examples/suite"))
+                .arg("zero_self")
+                .env_remove("OXMPI_JOB")
+                .env("OXMPI_RANK", r.to_string())
+                .env("OXMPI_SIZE", "3")
+                .env("OXMPI_KVS", kvs.addr().to_string())
+                .env("OXMPI_SECRET", secret.to_hex())
+                .env("OXMPI_FABRIC", "shm")
+                .env("OXMPI_BOOT_TIMEOUT", "2")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("rank starts")
+        })
+        .collect();
+    // Bounded by the ranks' own 2-second wire-up deadline.
+    for (r, c) in ranks.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(!out.status.success(), "rank {r} wired up without rank 2");
+    }
+    let prefix = format!("oxmpi-{}-", secret.job_id());
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "a failed wire-up left {left:?}");
+}
+
+/// A launcher other than `oxrun` speaks the same contract (rank, size, key-value service,
+/// secret) but may not set `OXMPI_JOB`: the ranks must still agree on the names of their
+/// shared-memory segments.
+#[test]
+fn ranks_started_without_a_job_id_by_another_launcher_run_over_shm() {
+    use oxmpi_bootstrap::{KvsServer, Secret};
+    let n = 3;
+    let secret = Secret::random();
+    let kvs = KvsServer::start(n, secret.clone(), "127.0.0.1:0").expect("key-value service");
+    let mut ranks: Vec<_> = (0..n)
+        .map(|r| {
+            Command::new(bin("examples/suite"))
+                .args(["zero_self", "flood", "big"])
+                .env_remove("OXMPI_JOB")
+                .env("OXMPI_RANK", r.to_string())
+                .env("OXMPI_SIZE", n.to_string())
+                .env("OXMPI_KVS", kvs.addr().to_string())
+                .env("OXMPI_SECRET", secret.to_hex())
+                .env("OXMPI_FABRIC", "shm")
+                .env("OXMPI_BOOT_TIMEOUT", "20")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("rank starts")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ranks.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if Instant::now() > deadline {
+            for c in &mut ranks {
+                let _ = c.kill();
+            }
+            panic!("ranks started without OXMPI_JOB did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (r, c) in ranks.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        check(&out, &format!("rank {r} started without OXMPI_JOB"));
+        if r == 0 {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(&format!("flood: ok on {n} rank(s)")),
+                "{stdout}"
+            );
+        }
+    }
+}
+
 #[test]
 fn no_segments_are_left_in_dev_shm() {
     let out = oxrun(3, "shm", &["exit3"]);

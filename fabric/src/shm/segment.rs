@@ -136,6 +136,13 @@ impl Segment {
         let _ = std::fs::remove_file(&self.path);
     }
 
+    /// A guard that removes the segment's name when dropped: a wire-up that fails before
+    /// [`Segment::unlink`] (a peer that never came, the key-value service lost) leaves nothing
+    /// in `/dev/shm`, also under a launcher that sweeps none of it away as `oxrun` does.
+    pub fn name_guard(&self) -> NameGuard {
+        NameGuard(self.path.clone())
+    }
+
     fn header(&self) -> &SegHeader {
         // SAFETY: the mapping is at least HEADER_BYTES long, page aligned, and SegHeader is
         // made of atomics valid for any bit pattern.
@@ -246,5 +253,16 @@ impl Drop for Segment {
         // SAFETY: unmapping exactly the region mapped in `map`; no references into it outlive
         // the fabric that owns this segment.
         let _ = cvt(unsafe { libc::munmap(self.base.cast(), self.len) });
+    }
+}
+
+/// See [`Segment::name_guard`].
+#[derive(Debug)]
+pub struct NameGuard(PathBuf);
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        // Gone already after a successful wire-up: nothing to do then.
+        let _ = std::fs::remove_file(&self.0);
     }
 }
