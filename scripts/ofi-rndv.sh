@@ -59,7 +59,7 @@ for r in $(seq "$rounds"); do
         echo "ofi-rndv.sh: osu_latency failed in round $r" >&2
 done
 
-echo "# shm provider, $rounds interleaved rounds, $iters iterations (osu_latency: a tenth above 8 KiB)"
+echo "# shm provider, $rounds interleaved rounds, $iters iterations at every size"
 echo "# median (min-max) in us; ratios of medians to fi_pingpong"
 python3 - "$raw" <<'PY'
 import collections, statistics, sys

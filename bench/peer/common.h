@@ -20,6 +20,7 @@
 struct opts {
     size_t min, max;
     long iters, warmup, window;
+    int iters_given, warmup_given; /* -i / -x given: they hold for large messages too (OSU's way) */
     int full;        /* -f: collectives also print min/max latency and iterations */
     long test_calls; /* -t: MPI_Test calls spread over the dummy compute (nonblocking tests) */
 };
@@ -126,10 +127,12 @@ static inline struct opts parse_flags(int argc, char **argv, const char *name, i
         case 'i':
             if (parse_num(val, &n)) USAGE(2);
             o.iters = (long)n;
+            o.iters_given = 1;
             break;
         case 'x':
             if (parse_num(val, &n)) USAGE(2);
             o.warmup = (long)n;
+            o.warmup_given = 1;
             break;
         case 'W':
             if (set != FLAGS_P2P || parse_num(val, &n)) USAGE(2);
@@ -186,21 +189,22 @@ static inline size_t next_size(size_t s)
     return p;
 }
 
+/* Large messages run a tenth of the default counts; what -i and -x set holds for every size, as
+ * OSU's flags do (bench/src/lib.rs, Options::iters_for). */
 static inline void iters_for(const struct opts *o, size_t size, long *iters, long *warmup)
 {
     *iters = o->iters;
     *warmup = o->warmup;
-    if (size > LARGE) {
-        *iters = o->iters / 10 > 10 ? o->iters / 10 : 10;
-        *warmup = o->warmup / 10 > 2 ? o->warmup / 10 : 2;
-    }
+    if (size > LARGE && !o->iters_given) *iters = o->iters / 10 > 10 ? o->iters / 10 : 10;
+    if (size > LARGE && !o->warmup_given) *warmup = o->warmup / 10 > 2 ? o->warmup / 10 : 2;
 }
 
-/* The bandwidth tests cut large-message iterations further, as bench/src/bin/osu_bw.rs does. */
+/* The bandwidth tests cut large-message iterations further without -i, as
+ * bench/src/bin/osu_bw.rs does. */
 static inline void bw_iters_for(const struct opts *o, size_t size, long *iters, long *warmup)
 {
     iters_for(o, size, iters, warmup);
-    if (size > LARGE)
+    if (size > LARGE && !o->iters_given)
         *iters = *iters * 2 / 10 > 10 ? *iters * 2 / 10 : 10;
 }
 

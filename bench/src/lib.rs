@@ -36,10 +36,15 @@ pub struct Options {
     pub min: usize,
     /// Largest message size.
     pub max: usize,
-    /// Timed iterations for small messages (`-i`); large ones use a tenth.
+    /// Timed iterations (`-i`). Without `-i`, large messages run a tenth of the default, as
+    /// OSU's do; `-i` sets the count for every size, as OSU's does.
     pub iters: usize,
-    /// Untimed warm-up iterations (`-x`).
+    /// Untimed warm-up iterations (`-x`; without it large messages run a tenth, as above).
     pub warmup: usize,
+    /// `-i` was given: `iters` holds for large messages too.
+    pub iters_given: bool,
+    /// `-x` was given: `warmup` holds for large messages too.
+    pub warmup_given: bool,
     /// Messages in flight per window (`-W`, bandwidth tests).
     pub window: usize,
     /// Also print the minimum and maximum latency over the ranks and the iteration count
@@ -88,6 +93,8 @@ impl Options {
             max: 4 << 20,
             iters,
             warmup,
+            iters_given: false,
+            warmup_given: false,
             window: 64,
             full: false,
             test_calls: 0,
@@ -141,8 +148,14 @@ impl Options {
                         None => o.max = num(&v),
                     }
                 }
-                "-i" | "--iterations" => o.iters = num(&value()),
-                "-x" | "--warmup" => o.warmup = num(&value()),
+                "-i" | "--iterations" => {
+                    o.iters = num(&value());
+                    o.iters_given = true;
+                }
+                "-x" | "--warmup" => {
+                    o.warmup = num(&value());
+                    o.warmup_given = true;
+                }
                 "-W" | "--window-size" if flags == Flags::PointToPoint => {
                     o.window = num(&value()).max(1)
                 }
@@ -189,19 +202,30 @@ impl Options {
         v
     }
 
-    /// (timed iterations, warm-up iterations) for a message size.
+    /// (timed iterations, warm-up iterations) for a message size: large messages run a
+    /// tenth of the defaults, and what `-i` and `-x` set holds for every size (OSU's
+    /// `iterations_large` and `skip_large`).
     pub fn iters_for(&self, size: usize) -> (usize, usize) {
-        if size > LARGE {
-            ((self.iters / 10).max(10), (self.warmup / 10).max(2))
-        } else {
-            (self.iters, self.warmup)
-        }
+        let large = size > LARGE;
+        (
+            if large && !self.iters_given {
+                (self.iters / 10).max(10)
+            } else {
+                self.iters
+            },
+            if large && !self.warmup_given {
+                (self.warmup / 10).max(2)
+            } else {
+                self.warmup
+            },
+        )
     }
 
-    /// Like [`Options::iters_for`], cut further for large messages as OSU's bandwidth tests do.
+    /// Like [`Options::iters_for`], cut further for large messages without `-i`, as OSU's
+    /// bandwidth tests' defaults are.
     pub fn bw_iters_for(&self, size: usize) -> (usize, usize) {
         let (iters, warmup) = self.iters_for(size);
-        let iters = if size > LARGE {
+        let iters = if size > LARGE && !self.iters_given {
             (iters * 2 / 10).max(10)
         } else {
             iters
