@@ -44,6 +44,23 @@ pub struct JobEnv {
     pub boot_timeout: Duration,
 }
 
+/// A job id from the environment names files in `/dev/shm` (`oxmpi-<job>-<rank>`): letters,
+/// digits, `-` and `_` only, 1 to 64 of them, so no launcher's typo reaches another directory.
+fn check_job_id(job: String) -> Result<String, BootstrapError> {
+    let ok = !job.is_empty()
+        && job.len() <= 64
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(job)
+    } else {
+        Err(BootstrapError::BadEnv(format!(
+            "{JOB}={job:?}: a job id is 1 to 64 letters, digits, '-' or '_'"
+        )))
+    }
+}
+
 impl JobEnv {
     /// Reads the contract from the process environment; a singleton if `OXMPI_RANK` is unset.
     pub fn from_env() -> Result<Self, BootstrapError> {
@@ -75,7 +92,10 @@ impl JobEnv {
         )?;
         // Without `OXMPI_JOB` (a launcher other than `oxrun`) every rank derives the same id
         // from the job's secret: segment names must agree between ranks.
-        let job = get(JOB).unwrap_or_else(|| secret.job_id());
+        let job = match get(JOB) {
+            Some(job) => check_job_id(job)?,
+            None => secret.job_id(),
+        };
         let kvs = get(KVS);
         if size > 1 && kvs.is_none() {
             return Err(BootstrapError::BadEnv(format!("{KVS} is not set")));
@@ -99,6 +119,22 @@ impl JobEnv {
             secret: Secret::random(),
             job: format!("s{}", std::process::id()),
             boot_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_that_would_leave_dev_shm_are_refused() {
+        for good in ["0a1b2c3d4e5f", "p123", "my_job-7"] {
+            assert_eq!(check_job_id(good.into()).unwrap(), good);
+        }
+        for bad in ["", "../etc", "a/b", "x y", "nul\0", &"j".repeat(65)] {
+            let e = check_job_id(bad.into()).unwrap_err().to_string();
+            assert!(e.contains("OXMPI_JOB"), "{e}");
         }
     }
 }
