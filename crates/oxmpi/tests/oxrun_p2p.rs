@@ -630,6 +630,32 @@ fn singleton_start_without_oxrun() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("zero_self: ok on 1 rank(s)"));
 }
 
+/// Starts rank `r` of `n` of the suite with `args` over shared memory as a launcher other
+/// than `oxrun` would: the contract's rank, size, key-value service and secret, no
+/// `OXMPI_JOB`, and a wire-up deadline of `boot_timeout` seconds.
+fn start_rank_without_oxrun(
+    r: u32,
+    n: u32,
+    kvs: &oxmpi_bootstrap::KvsServer,
+    secret: &oxmpi_bootstrap::Secret,
+    args: &[&str],
+    boot_timeout: u32,
+) -> std::process::Child {
+    Command::new(bin("examples/suite"))
+        .args(args)
+        .env_remove("OXMPI_JOB")
+        .env("OXMPI_RANK", r.to_string())
+        .env("OXMPI_SIZE", n.to_string())
+        .env("OXMPI_KVS", kvs.addr().to_string())
+        .env("OXMPI_SECRET", secret.to_hex())
+        .env("OXMPI_FABRIC", "shm")
+        .env("OXMPI_BOOT_TIMEOUT", boot_timeout.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rank starts")
+}
+
 /// Ranks of a job whose wire-up fails (here: one of three never starts, so the first fence
 /// times out) remove their shared-memory segments themselves: a launcher other than `oxrun`
 /// sweeps nothing away after them.
@@ -639,21 +665,7 @@ fn a_wire_up_that_fails_leaves_no_segment_behind() {
     let secret = Secret::random();
     let kvs = KvsServer::start(3, secret.clone(), "127.0.0.1:0").expect("key-value service");
     let ranks: Vec<_> = (0..2)
-        .map(|r| {
-            Command::new(bin("examples/suite"))
-                .arg("zero_self")
-                .env_remove("OXMPI_JOB")
-                .env("OXMPI_RANK", r.to_string())
-                .env("OXMPI_SIZE", "3")
-                .env("OXMPI_KVS", kvs.addr().to_string())
-                .env("OXMPI_SECRET", secret.to_hex())
-                .env("OXMPI_FABRIC", "shm")
-                .env("OXMPI_BOOT_TIMEOUT", "2")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("rank starts")
-        })
+        .map(|r| start_rank_without_oxrun(r, 3, &kvs, &secret, &["zero_self"], 2))
         .collect();
     // Bounded by the ranks' own 2-second wire-up deadline.
     for (r, c) in ranks.into_iter().enumerate() {
@@ -680,21 +692,7 @@ fn ranks_started_without_a_job_id_by_another_launcher_run_over_shm() {
     let secret = Secret::random();
     let kvs = KvsServer::start(n, secret.clone(), "127.0.0.1:0").expect("key-value service");
     let mut ranks: Vec<_> = (0..n)
-        .map(|r| {
-            Command::new(bin("examples/suite"))
-                .args(["zero_self", "flood", "big"])
-                .env_remove("OXMPI_JOB")
-                .env("OXMPI_RANK", r.to_string())
-                .env("OXMPI_SIZE", n.to_string())
-                .env("OXMPI_KVS", kvs.addr().to_string())
-                .env("OXMPI_SECRET", secret.to_hex())
-                .env("OXMPI_FABRIC", "shm")
-                .env("OXMPI_BOOT_TIMEOUT", "20")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("rank starts")
-        })
+        .map(|r| start_rank_without_oxrun(r, n, &kvs, &secret, &["zero_self", "flood", "big"], 20))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while ranks.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
