@@ -45,7 +45,7 @@ pub use oxmpi_collectives::ops::{LocF32, LocF64, LocI32, LocI64, LocU32, LocU64}
 pub use oxmpi_collectives::{Loc, Op, ReduceOp, Reducible, UserOp};
 pub use persistent::Persistent;
 pub use persistent_in_place::PersistentInPlace;
-pub use request::{test_all, wait_all, wait_any, ObjRecv, Request, Scope};
+pub use request::{test_all, wait_all, wait_all_into, wait_any, ObjRecv, Request, Scope};
 pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
 use oxmpi_bootstrap::{JobEnv, KvsClient};

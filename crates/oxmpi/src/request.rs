@@ -205,26 +205,42 @@ impl Drop for Request<'_> {
 }
 
 /// Waits for all requests (`MPI_Waitall`); returns their statuses in order, or the first error
-/// after all have completed.
+/// after all have completed. [`wait_all_into`] does the same into a vector of the caller's,
+/// without allocating one per call.
 pub fn wait_all(reqs: &mut [Request<'_>]) -> Result<Vec<Status>, Error> {
+    let mut out = Vec::with_capacity(reqs.len());
+    collect_all(reqs, |s| out.push(s))?;
+    Ok(out)
+}
+
+/// [`wait_all`] into `statuses`, which is cleared first and keeps its capacity: a loop that
+/// reuses one vector allocates nothing for its statuses after the first round.
+pub fn wait_all_into(reqs: &mut [Request<'_>], statuses: &mut Vec<Status>) -> Result<(), Error> {
+    statuses.clear();
+    statuses.reserve(reqs.len());
+    collect_all(reqs, |s| statuses.push(s))
+}
+
+/// Waits for every active request and hands each status to `each`, in order; the first error
+/// after all have completed.
+fn collect_all(reqs: &mut [Request<'_>], mut each: impl FnMut(Status)) -> Result<(), Error> {
     let Some(first) = reqs.first() else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let state = first.comm.state.clone();
     state.wait_until(|e| reqs.iter().all(|r| !r.active || r.is_done(e)));
-    let mut out = Vec::with_capacity(reqs.len());
     let mut err = None;
     for r in reqs.iter_mut() {
         if let Some(c) = r.take() {
             match r.comm.finish(c) {
-                Ok(s) => out.push(s),
+                Ok(s) => each(s),
                 Err(e) => {
                     err.get_or_insert(e);
                 }
             }
         }
     }
-    err.map_or(Ok(out), Err)
+    err.map_or(Ok(()), Err)
 }
 
 /// Waits for any one active request (`MPI_Waitany`): its index and status, or `None` when no
@@ -255,7 +271,7 @@ pub fn test_all(reqs: &mut [Request<'_>]) -> Result<bool, Error> {
         reqs.iter().all(|r| !r.active || r.is_done(&p.engine))
     };
     if done {
-        wait_all(reqs)?;
+        collect_all(reqs, |_| {})?;
     }
     Ok(done)
 }

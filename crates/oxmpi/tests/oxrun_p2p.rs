@@ -630,6 +630,54 @@ fn singleton_start_without_oxrun() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("zero_self: ok on 1 rank(s)"));
 }
 
+/// Runs `examples/alloc_count` (a counting global allocator around 2 000 iterations of each
+/// operation, after a warm-up) on `n` ranks with `env`, and checks that no operation
+/// allocates per iteration: a few one-time growths of a queue are allowed, one allocation per
+/// message would count 2 000.
+fn fast_paths_allocate_nothing(n: u32, env: &[(&str, &str)]) {
+    let out = run_with(n, "examples/alloc_count", &["2000"], env);
+    check(&out, &format!("alloc_count on {n} ranks with {env:?}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = 0;
+    for line in stdout.lines() {
+        // "rank R: OP ALLOCS"
+        let Some((_, count)) = line
+            .split_once(": ")
+            .and_then(|(_, rest)| rest.split_once(' '))
+        else {
+            continue;
+        };
+        let count: u64 = count.parse().expect("a count");
+        assert!(count <= 5, "{env:?}, {n} ranks: {line} (all: {stdout})");
+        lines += 1;
+    }
+    // Seven operations per rank.
+    assert_eq!(lines, 7 * n as usize, "{stdout}");
+}
+
+/// Fast paths allocate nothing per message: blocking ping-pong of 8 B, 4 KiB and a 64 KiB
+/// rendezvous, a nonblocking ring exchange (`wait_all_into`), barrier, allreduce and bcast.
+#[test]
+fn small_messages_and_collectives_allocate_nothing() {
+    for fabric in ["shm", "tcp"] {
+        for n in [2, 3] {
+            fast_paths_allocate_nothing(n, &[("OXMPI_FABRIC", fabric)]);
+        }
+    }
+}
+
+/// The same over libfabric's shm and tcp;ofi_rxm providers.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_small_messages_and_collectives_allocate_nothing() {
+    for provider in ["shm", "tcp;ofi_rxm"] {
+        fast_paths_allocate_nothing(
+            2,
+            &[("OXMPI_FABRIC", "ofi"), ("OXMPI_OFI_PROVIDER", provider)],
+        );
+    }
+}
+
 /// Starts rank `r` of `n` of the suite with `args` over shared memory as a launcher other
 /// than `oxrun` would: the contract's rank, size, key-value service and secret, no
 /// `OXMPI_JOB`, and a wire-up deadline of `boot_timeout` seconds.
