@@ -2,7 +2,7 @@
 //! (`stats_alloc`) wraps the system one, and after a warm-up each operation runs `ITERS` times
 //! while the allocations and reallocations are counted. Prints one line per operation, `OP ALLOCS`, the allocations of all
 //! `ITERS` iterations on this rank. Run through `oxrun` (any fabric); the end-to-end test
-//! `small_messages_and_collectives_allocate_nothing` holds the small ones to zero.
+//! `small_messages_and_collectives_allocate_nothing` holds them all to (nearly) zero.
 //!
 //!   oxrun -n 2 alloc_count [ITERS]
 
@@ -91,6 +91,18 @@ fn main() -> Result<(), oxmpi::Error> {
     let mut sum = [0.0f64; 1];
     let n = count(iters, || world.allreduce(&x, &mut sum, Op::Sum))?;
     report.push(("allreduce_8".into(), n));
+
+    let plan = world.allreduce_init::<f64, _>(1, Op::Sum)?;
+    let n = count(iters, || plan.run(&x, &mut sum))?;
+    report.push(("persistent_allreduce_8".into(), n));
+
+    let n = count(iters, || {
+        world.scope(|s| -> Result<(), oxmpi::Error> {
+            s.iallreduce(&x, &mut sum, Op::Sum)?.wait()?;
+            Ok(())
+        })
+    })?;
+    report.push(("iallreduce_8".into(), n));
 
     for (op, n) in report {
         println!("rank {rank}: {op} {n}");

@@ -651,12 +651,13 @@ fn fast_paths_allocate_nothing(n: u32, env: &[(&str, &str)]) {
         assert!(count <= 5, "{env:?}, {n} ranks: {line} (all: {stdout})");
         lines += 1;
     }
-    // Seven operations per rank.
-    assert_eq!(lines, 7 * n as usize, "{stdout}");
+    // Nine operations per rank.
+    assert_eq!(lines, 9 * n as usize, "{stdout}");
 }
 
 /// Fast paths allocate nothing per message: blocking ping-pong of 8 B, 4 KiB and a 64 KiB
-/// rendezvous, a nonblocking ring exchange (`wait_all_into`), barrier, allreduce and bcast.
+/// rendezvous, a nonblocking ring exchange (`wait_all_into`), barrier, allreduce, bcast, and
+/// a persistent and a nonblocking allreduce.
 #[test]
 fn small_messages_and_collectives_allocate_nothing() {
     for fabric in ["shm", "tcp"] {
