@@ -55,6 +55,16 @@ fn check(out: &Output, what: &str) {
     );
 }
 
+/// The names in `/dev/shm` that start with `prefix` (a job's segments and regions).
+fn dev_shm_names_starting(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 fn all_scenarios(fabric: &str) {
     all_scenarios_env(&[("OXMPI_FABRIC", fabric)]);
 }
@@ -501,13 +511,7 @@ fn ofi_shm_regions_are_named_by_job_and_removed_when_a_rank_is_killed() {
         jobs.iter().all(|j| *j == jobs[0] && !j.is_empty()),
         "{jobs:?}"
     );
-    let prefix = format!("oxmpi-{}-", jobs[0]);
-    let left: Vec<String> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let left = dev_shm_names_starting(&format!("oxmpi-{}-", jobs[0]));
     assert!(left.is_empty(), "the job left {left:?} in /dev/shm");
 }
 
@@ -721,13 +725,7 @@ fn a_wire_up_that_fails_leaves_no_segment_behind() {
         let out = c.wait_with_output().unwrap();
         assert!(!out.status.success(), "rank {r} wired up without rank 2");
     }
-    let prefix = format!("oxmpi-{}-", secret.job_id());
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let left = dev_shm_names_starting(&format!("oxmpi-{}-", secret.job_id()));
     assert!(left.is_empty(), "a failed wire-up left {left:?}");
 }
 
