@@ -31,6 +31,7 @@ mod message;
 mod persistent;
 mod persistent_in_place;
 mod progress;
+mod reduce_local;
 mod request;
 mod status;
 
@@ -45,6 +46,7 @@ pub use oxmpi_collectives::ops::{LocF32, LocF64, LocI32, LocI64, LocU32, LocU64}
 pub use oxmpi_collectives::{Loc, Op, ReduceOp, Reducible, UserOp};
 pub use persistent::Persistent;
 pub use persistent_in_place::PersistentInPlace;
+pub use reduce_local::reduce_local;
 pub use request::{test_all, wait_all, wait_all_into, wait_any, ObjRecv, Request, Scope};
 pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
