@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the plain-MPI peer loops in bench/peer/ (point to point: osu_latency, osu_bw, osu_bibw,
 # osu_multi_lat; collectives: osu_barrier, osu_bcast, osu_reduce, osu_allreduce, osu_allgather,
-# osu_alltoall, osu_gather, osu_scatter, osu_reduce_scatter, osu_iallreduce) against Debian's
-# Open MPI and MPICH:
+# osu_alltoall, osu_gather, osu_scatter, osu_reduce_scatter, osu_iallreduce; the reduction
+# kernels: reduce_local) against Debian's Open MPI and MPICH:
 #   bench/peer/build/openmpi/BENCH   (mpicc.openmpi -O2)
 #   bench/peer/build/mpich/BENCH     (mpicc.mpich -O2)
 # Usage: scripts/peer-build.sh [--install]
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PKGS="openmpi-bin libopenmpi-dev mpich libmpich-dev"
 BENCHES="osu_latency osu_bw osu_bibw osu_multi_lat \
 osu_barrier osu_bcast osu_reduce osu_allreduce osu_allgather osu_alltoall \
-osu_gather osu_scatter osu_reduce_scatter osu_iallreduce"
+osu_gather osu_scatter osu_reduce_scatter osu_iallreduce reduce_local"
 # -Wno-stringop-overflow: GCC 12 misreads MPICH's MPI_STATUSES_IGNORE ((MPI_Status *)1).
 CFLAGS="${CFLAGS:--O2 -Wall -Wextra -Wno-stringop-overflow}"
 
