@@ -386,6 +386,22 @@ impl Communicator {
         })
     }
 
+    /// Sends `buf` to `dest` and receives into the same buffer from `source`
+    /// (`MPI_Sendrecv_replace`): the outgoing contents are copied first (one allocation per
+    /// call, as MPI libraries make), so the incoming message may arrive at any time. The
+    /// incoming message may be shorter than `buf` (the status gives its length) but not longer.
+    pub fn sendrecv_replace<T: Pod>(
+        &self,
+        buf: &mut [T],
+        dest: u32,
+        send_tag: i32,
+        source: impl Into<Source>,
+        recv_tag: impl Into<Tag>,
+    ) -> Result<Status, Error> {
+        let outgoing = buf.to_vec();
+        self.sendrecv(&outgoing, dest, send_tag, buf, source, recv_tag)
+    }
+
     /// Waits for a matching message without receiving it (`MPI_Probe`).
     pub fn probe(&self, source: impl Into<Source>, tag: impl Into<Tag>) -> Result<Status, Error> {
         let src = self.source(source.into())?;

@@ -47,7 +47,10 @@ pub use oxmpi_collectives::{Loc, Op, ReduceOp, Reducible, UserOp};
 pub use persistent::Persistent;
 pub use persistent_in_place::PersistentInPlace;
 pub use reduce_local::reduce_local;
-pub use request::{test_all, wait_all, wait_all_into, wait_any, ObjRecv, Request, Scope};
+pub use request::{
+    test_all, test_any, test_some, wait_all, wait_all_into, wait_any, wait_some, ObjRecv, Request,
+    Scope,
+};
 pub use status::{Source, Status, Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
 use oxmpi_bootstrap::{JobEnv, KvsClient};

@@ -276,6 +276,75 @@ pub fn test_all(reqs: &mut [Request<'_>]) -> Result<bool, Error> {
     Ok(done)
 }
 
+/// Whether any active request has completed (`MPI_Testany`), after one pass of progress: the
+/// index and status of the first completed one (collected), or `None` when none has completed
+/// or none is active.
+pub fn test_any(reqs: &mut [Request<'_>]) -> Result<Option<(usize, Status)>, Error> {
+    let Some(first) = reqs.iter().find(|r| r.active) else {
+        return Ok(None);
+    };
+    let which = {
+        let mut p = first.comm.state.progress();
+        p.pass();
+        reqs.iter().position(|r| r.active && r.is_done(&p.engine))
+    };
+    let Some(i) = which else {
+        return Ok(None);
+    };
+    let c = reqs[i].take().expect("completed");
+    reqs[i].comm.finish(c).map(|s| Some((i, s)))
+}
+
+/// Waits until at least one active request has completed, then collects every completed one
+/// (`MPI_Waitsome`): their indices and statuses go to `done` (cleared first), in index order.
+/// Returns how many; 0 when no request is active. A failed request's error is returned after
+/// the others are collected (its index is not in `done`).
+pub fn wait_some(
+    reqs: &mut [Request<'_>],
+    done: &mut Vec<(usize, Status)>,
+) -> Result<usize, Error> {
+    done.clear();
+    let Some(first) = reqs.iter().find(|r| r.active) else {
+        return Ok(0);
+    };
+    let state = first.comm.state.clone();
+    state.wait_until(|e| reqs.iter().any(|r| r.active && r.is_done(e)));
+    collect_done(reqs, done)
+}
+
+/// One pass of progress, then collects every completed request (`MPI_Testsome`): as
+/// [`wait_some`], without waiting; 0 when none has completed.
+pub fn test_some(
+    reqs: &mut [Request<'_>],
+    done: &mut Vec<(usize, Status)>,
+) -> Result<usize, Error> {
+    done.clear();
+    let Some(first) = reqs.iter().find(|r| r.active) else {
+        return Ok(0);
+    };
+    first.comm.state.progress().pass();
+    collect_done(reqs, done)
+}
+
+/// Collects the completed active requests into `done`; the first error after all of them.
+fn collect_done(reqs: &mut [Request<'_>], done: &mut Vec<(usize, Status)>) -> Result<usize, Error> {
+    let mut err = None;
+    for (i, r) in reqs.iter_mut().enumerate() {
+        let finished = r.active && r.is_done(&r.comm.state.progress().engine);
+        if !finished {
+            continue;
+        }
+        let c = r.take().expect("completed");
+        match r.comm.finish(c) {
+            Ok(s) => done.push((i, s)),
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        }
+    }
+    err.map_or(Ok(done.len()), Err)
+}
+
 /// A pending receive of a serialized value.
 #[must_use = "a request should be waited for"]
 pub struct ObjRecv<D> {

@@ -2,7 +2,10 @@
 //! one test file per fabric (see `loopback_api.rs`).
 
 use super::threads;
-use oxmpi::{test_all, wait_all, wait_any, Error, ANY_SOURCE, ANY_TAG};
+use oxmpi::{
+    test_all, test_any, test_some, wait_all, wait_any, wait_some, Error, ANY_SOURCE, ANY_TAG,
+};
+use std::time::{Duration, Instant};
 
 #[test]
 fn ring_of_sendrecv_on_every_protocol() {
@@ -59,6 +62,96 @@ fn scoped_requests_wait_any_and_test_all() {
             drop(r);
         });
         assert_eq!(c, [1, 2, 3]);
+    });
+}
+
+/// `MPI_Waitsome`, `MPI_Testsome` and `MPI_Testany`: only what has arrived is collected, and
+/// nothing before it arrives. Rank 1 sends tag 2, waits for rank 0's go, then sends tags 1, 3
+/// and 4.
+#[test]
+fn wait_some_test_some_and_test_any_collect_what_arrived() {
+    threads(2, |u| {
+        let w = u.world();
+        if w.rank() == 1 {
+            w.send(&[2u32], 0, 2).unwrap();
+            w.recv_into(&mut [0u8; 0], 0, 9).unwrap();
+            for tag in [1, 3, 4] {
+                w.send(&[tag as u32], 0, tag).unwrap();
+            }
+            return;
+        }
+        let mut bufs = [[0u32; 1]; 4];
+        let mut done = Vec::new();
+        w.scope(|s| {
+            let mut reqs: Vec<_> = bufs
+                .iter_mut()
+                .zip(1..)
+                .map(|(b, tag)| s.irecv(b, 1, tag).unwrap())
+                .collect();
+            assert_eq!(wait_some(&mut reqs, &mut done).unwrap(), 1);
+            assert_eq!((done[0].0, done[0].1.tag), (1, 2));
+            // Nothing else is sent before the go.
+            assert_eq!(test_any(&mut reqs).unwrap(), None);
+            assert_eq!(test_some(&mut reqs, &mut done).unwrap(), 0);
+            assert!(done.is_empty());
+            w.send(&[0u8; 0], 1, 9).unwrap();
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while got.len() < 2 {
+                assert!(Instant::now() < deadline, "only {got:?} arrived");
+                if let Some((i, st)) = test_any(&mut reqs).unwrap() {
+                    assert!(!reqs[i].is_active());
+                    assert_eq!(st.tag, i as i32 + 1);
+                    got.push(i);
+                }
+            }
+            while wait_some(&mut reqs, &mut done).unwrap() > 0 {
+                got.extend(done.iter().map(|&(i, _)| i));
+            }
+            got.sort();
+            assert_eq!(got, [0, 2, 3]);
+            // No active request left: nothing to wait for or test.
+            assert_eq!(test_any(&mut reqs).unwrap(), None);
+            assert_eq!(test_some(&mut reqs, &mut done).unwrap(), 0);
+        });
+        assert_eq!(bufs, [[1], [2], [3], [4]]);
+    });
+}
+
+/// `MPI_Sendrecv_replace` around a ring, on every protocol's sizes and to itself.
+#[test]
+fn sendrecv_replace_around_a_ring() {
+    threads(3, |u| {
+        let w = u.world();
+        let (me, n) = (w.rank(), w.size());
+        let (right, left) = ((me + 1) % n, (me + n - 1) % n);
+        for len in [0usize, 3, 5000, 300_000] {
+            let mut buf: Vec<u64> = (0..len as u64).map(|i| i * 10 + me as u64).collect();
+            let st = w.sendrecv_replace(&mut buf, right, 7, left, 7).unwrap();
+            assert_eq!((st.source, st.bytes), (left, 8 * len as u64));
+            assert!(buf
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == i as u64 * 10 + left as u64));
+        }
+        let mut mine = [me; 4];
+        w.sendrecv_replace(&mut mine, me, 8, me, 8).unwrap();
+        assert_eq!(mine, [me; 4]);
+        // Rank r's buffer holds 2 + r bytes: a shorter message fills its front, a longer one
+        // (rank 0's, from rank n - 1) is the truncation error, and the send went out anyway.
+        let mut varied = vec![me as u8; 2 + me as usize];
+        match w.sendrecv_replace(&mut varied, right, 9, left, ANY_TAG) {
+            Ok(st) => {
+                assert!(me > 0);
+                assert_eq!((st.tag, st.bytes), (9, 2 + left as u64));
+                assert!(varied[..2 + left as usize].iter().all(|&x| x == left as u8));
+            }
+            Err(e) => {
+                assert_eq!(me, 0);
+                assert!(matches!(e, Error::Truncated { .. }), "{e:?}");
+            }
+        }
+        w.barrier().unwrap();
     });
 }
 
