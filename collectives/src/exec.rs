@@ -335,13 +335,19 @@ impl Run {
                 }
             }
             Step::Recv { peer, span } => self.post_recv(peer, span, engine)?,
-            Step::Copy { .. } | Step::Reduce { .. } => {
+            Step::Copy { .. } | Step::Reduce { .. } | Step::ReduceFrom { .. } => {
                 if let Some((from, to, op)) = step.local() {
                     // (The kernel is only a reduction's: a copy takes no reference count.)
-                    let k = matches!(op, Local::Reduce { .. })
-                        .then(|| self.kernel.clone())
-                        .flatten();
-                    self.local(from, to, |s, d| op.apply(k.as_deref(), s, d))?
+                    let k = (op != Local::Copy).then(|| self.kernel.clone()).flatten();
+                    match op {
+                        Local::ReduceFrom { other, .. } => self
+                            .region(other.buf)
+                            .read(other.range(), |o| {
+                                self.local(from, to, |s, d| op.apply(k.as_deref(), s, o, d))
+                            })
+                            .map_err(CollError::Region)??,
+                        _ => self.local(from, to, |s, d| op.apply(k.as_deref(), s, &[], d))?,
+                    }
                 }
             }
         }

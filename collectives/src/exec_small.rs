@@ -261,13 +261,19 @@ impl<'a> SmallRun<'a> {
                     self.post_recv(peer, span, engine);
                 }
             }
-            Step::Copy { .. } | Step::Reduce { .. } => {
+            Step::Copy { .. } | Step::Reduce { .. } | Step::ReduceFrom { .. } => {
                 if let Some((from, to, op)) = step.local() {
                     // (The kernel is only a reduction's: a copy takes no reference count.)
-                    let k = matches!(op, Local::Reduce { .. })
-                        .then(|| self.kernel.clone())
-                        .flatten();
-                    self.local(from, to, |s, d| op.apply(k.as_deref(), s, d))?
+                    let k = (op != Local::Copy).then(|| self.kernel.clone()).flatten();
+                    let other: &[u8] = match op {
+                        // `other` is in the send buffer, which nothing writes.
+                        Local::ReduceFrom { other, .. } => self
+                            .send
+                            .get(other.range())
+                            .ok_or(out_of_bounds(other, self.send.len()))?,
+                        _ => &[],
+                    };
+                    self.local(from, to, |s, d| op.apply(k.as_deref(), s, other, d))?
                 }
             }
         }

@@ -89,6 +89,12 @@ pub trait Reducible: Pod {
     /// `into[i] = from[i] op into[i]` (builtin ops are commutative). Unsupported ops leave
     /// `into` unchanged; callers check [`Reducible::supports`] first.
     fn reduce(op: Op, from: &[Self], into: &mut [Self]);
+    /// `into[i] = from[i] op other[i]`: a copy of `other` into `into` and
+    /// [`Reducible::reduce`] in one pass over memory.
+    fn reduce_from(op: Op, from: &[Self], other: &[Self], into: &mut [Self]) {
+        into.copy_from_slice(other);
+        Self::reduce(op, from, into);
+    }
 }
 
 /// `into[i] = f(from[i], into[i])`, compiled for AVX2, SSE4.2 and the baseline, the best one
@@ -100,6 +106,18 @@ pub trait Reducible: Pod {
 fn zip<T: Copy>(from: &[T], into: &mut [T], f: impl Fn(T, T) -> T) {
     for (o, i) in into.iter_mut().zip(from) {
         *o = f(*i, *o);
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`, compiled as [`zip`] is. Its output is not an input, so the
+/// selections compile to `vmaxps` and the like here, without masked stores.
+#[multiversion::multiversion(targets(
+    "x86_64+avx2+avx+fma+sse4.2+sse4.1+ssse3+sse3",
+    "x86_64+sse4.2+sse4.1+ssse3+sse3"
+))]
+fn zip3<T: Copy>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
     }
 }
 
@@ -153,6 +171,21 @@ macro_rules! int_reducible {
                     Op::MinLoc | Op::MaxLoc => {}
                 }
             }
+            fn reduce_from(op: Op, from: &[Self], other: &[Self], into: &mut [Self]) {
+                match op {
+                    Op::Sum => zip3(from, other, into, |a, b| a.wrapping_add(b)),
+                    Op::Prod => zip3(from, other, into, |a, b| a.wrapping_mul(b)),
+                    Op::Max => zip3(from, other, into, |a, b| if a > b { a } else { b }),
+                    Op::Min => zip3(from, other, into, |a, b| if a < b { a } else { b }),
+                    Op::Land => zip3(from, other, into, |a, b| ((a != 0) & (b != 0)) as $t),
+                    Op::Lor => zip3(from, other, into, |a, b| ((a != 0) | (b != 0)) as $t),
+                    Op::Lxor => zip3(from, other, into, |a, b| ((a != 0) ^ (b != 0)) as $t),
+                    Op::Band => zip3(from, other, into, |a, b| a & b),
+                    Op::Bor => zip3(from, other, into, |a, b| a | b),
+                    Op::Bxor => zip3(from, other, into, |a, b| a ^ b),
+                    Op::MinLoc | Op::MaxLoc => {}
+                }
+            }
         }
     )*)*};
 }
@@ -173,6 +206,15 @@ macro_rules! float_reducible {
                     Op::Prod => zip(from, into, |a, b| a * b),
                     Op::Max => zip_baseline(from, into, |a, b| if a > b { a } else { b }),
                     Op::Min => zip_baseline(from, into, |a, b| if a < b { a } else { b }),
+                    _ => {}
+                }
+            }
+            fn reduce_from(op: Op, from: &[Self], other: &[Self], into: &mut [Self]) {
+                match op {
+                    Op::Sum => zip3(from, other, into, |a, b| a + b),
+                    Op::Prod => zip3(from, other, into, |a, b| a * b),
+                    Op::Max => zip3(from, other, into, |a, b| if a > b { a } else { b }),
+                    Op::Min => zip3(from, other, into, |a, b| if a < b { a } else { b }),
                     _ => {}
                 }
             }
@@ -293,6 +335,15 @@ pub trait ReduceOp<T>: Clone + 'static {
     fn check(&self) -> Result<(), String>;
     /// `into = from op into` when `from_left`, else `into = into op from`, element-wise.
     fn apply(&self, from: &[T], into: &mut [T], from_left: bool);
+    /// `into = from op other` (`other op from` unless `from_left`): a copy of `other` into
+    /// `into` and [`ReduceOp::apply`] in one pass over memory.
+    fn apply_from(&self, from: &[T], other: &[T], into: &mut [T], from_left: bool)
+    where
+        T: Copy,
+    {
+        into.copy_from_slice(other);
+        self.apply(from, into, from_left);
+    }
     /// The builtin op this is, if it is one (its kernels can be shared).
     fn builtin(&self) -> Option<Op> {
         None
@@ -318,6 +369,10 @@ impl<T: Reducible> ReduceOp<T> for Op {
     fn apply(&self, from: &[T], into: &mut [T], _from_left: bool) {
         T::reduce(*self, from, into)
     }
+    #[inline]
+    fn apply_from(&self, from: &[T], other: &[T], into: &mut [T], _from_left: bool) {
+        T::reduce_from(*self, from, other, into)
+    }
     fn builtin(&self) -> Option<Op> {
         Some(*self)
     }
@@ -342,6 +397,15 @@ impl<T: Pod> ReduceOp<T> for UserOp<T> {
             }
         }
     }
+    fn apply_from(&self, from: &[T], other: &[T], into: &mut [T], from_left: bool) {
+        let f = &*self.f;
+        let pairs = into.iter_mut().zip(from.iter().zip(other));
+        if from_left {
+            pairs.for_each(|(o, (a, b))| *o = f(a, b));
+        } else {
+            pairs.for_each(|(o, (a, b))| *o = f(b, a));
+        }
+    }
 }
 
 /// A reduction over raw bytes, as the executor applies it.
@@ -350,6 +414,9 @@ pub trait Kernel {
     fn elem(&self) -> usize;
     /// Reduces `from` into `into` (see [`Step::Reduce`](crate::schedule::Step::Reduce)).
     fn apply(&self, from: &[u8], into: &mut [u8], from_left: bool);
+    /// Reduces `from` with `other` into `into` (see
+    /// [`Step::ReduceFrom`](crate::schedule::Step::ReduceFrom)).
+    fn apply_from(&self, from: &[u8], other: &[u8], into: &mut [u8], from_left: bool);
 }
 
 /// The byte-level kernel of op `O` on `T`.
@@ -389,6 +456,22 @@ impl<T: Pod, O: ReduceOp<T>> Kernel for TypedKernel<T, O> {
                         into.copy_from_slice(bytemuck::cast_slice(&i));
                     }
                 }
+            }
+        }
+    }
+
+    fn apply_from(&self, from: &[u8], other: &[u8], into: &mut [u8], from_left: bool) {
+        match (
+            bytemuck::try_cast_slice::<u8, T>(from),
+            bytemuck::try_cast_slice::<u8, T>(other),
+            bytemuck::try_cast_slice_mut::<u8, T>(into),
+        ) {
+            (Ok(f), Ok(o), Ok(i)) => self.op.apply_from(f, o, i, from_left),
+            _ => {
+                // Misaligned bytes (never from oxmpi's own buffers): the copy, then a
+                // reduction that handles them.
+                into.copy_from_slice(other);
+                self.apply(from, into, from_left);
             }
         }
     }
@@ -447,5 +530,44 @@ mod tests {
         let from = 7u32.to_ne_bytes();
         k.apply(&from, &mut raw[1..5], true);
         assert_eq!(u32::from_ne_bytes(raw[1..5].try_into().unwrap()), 12);
+    }
+
+    /// `apply_from` (`into = from op other` in one pass) gives what a copy of `other` and
+    /// `apply` give: every builtin op on integers, floats and locations, user ops in both
+    /// operand orders, and misaligned bytes.
+    #[test]
+    fn reduce_from_equals_a_copy_then_a_reduction() {
+        fn check<T: Reducible + PartialEq + std::fmt::Debug>(make: impl Fn(usize) -> T) {
+            for op in Op::ALL.into_iter().filter(|&op| T::supports(op)) {
+                for n in [0usize, 1, 7, 16, 33, 100] {
+                    let from: Vec<T> = (0..n).map(&make).collect();
+                    let other: Vec<T> = (0..n).map(|i| make(i * 5 + 2)).collect();
+                    let mut want = other.clone();
+                    <Op as ReduceOp<T>>::apply(&op, &from, &mut want, true);
+                    let mut got = vec![make(999); n];
+                    <Op as ReduceOp<T>>::apply_from(&op, &from, &other, &mut got, true);
+                    assert_eq!(got, want, "{op:?} on {n}");
+                }
+            }
+        }
+        check(|i| (i as i32).wrapping_mul(-7919) ^ 0x55);
+        check(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        check(|i| (i as u8).wrapping_mul(37));
+        check(|i| ((i as f64) * 0.61).cos() * 100.0);
+        check(|i| ((i as f32) * 1.3).sin());
+        check(|i| LocF64::new((i % 7) as f64, i as i64));
+
+        let cat = UserOp::non_commutative(|a: &u32, b: &u32| a * 10 + b);
+        let mut into = [0u32; 2];
+        cat.apply_from(&[1, 2], &[3, 4], &mut into, true);
+        assert_eq!(into, [13, 24]);
+        cat.apply_from(&[1, 2], &[3, 4], &mut into, false);
+        assert_eq!(into, [31, 42]);
+
+        let k = TypedKernel::<u32, Op>::new(Op::Max);
+        let mut raw = [0u8; 9];
+        let (from, other) = (9u32.to_ne_bytes(), 4u32.to_ne_bytes());
+        k.apply_from(&from, &other, &mut raw[1..5], true);
+        assert_eq!(u32::from_ne_bytes(raw[1..5].try_into().unwrap()), 9);
     }
 }

@@ -61,6 +61,16 @@ pub enum Step {
         into: Span,
         from_left: bool,
     },
+    /// Reduce `from` with `other` into `into`: `into = from op other` when `from_left`, else
+    /// `into = other op from`. A [`Step::Copy`] of `other` into `into` and a [`Step::Reduce`]
+    /// in one pass over memory. `other` lies in the send buffer, which nothing writes, so
+    /// it never overlaps `into`.
+    ReduceFrom {
+        from: Span,
+        other: Span,
+        into: Span,
+        from_left: bool,
+    },
 }
 
 impl Step {
@@ -74,6 +84,12 @@ impl Step {
                 into,
                 from_left,
             } => Some((from, into, Local::Reduce { from_left })),
+            Step::ReduceFrom {
+                from,
+                other,
+                into,
+                from_left,
+            } => Some((from, into, Local::ReduceFrom { other, from_left })),
             Step::Send { .. } | Step::Recv { .. } => None,
         }
     }
@@ -83,17 +99,31 @@ impl Step {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Local {
     Copy,
-    Reduce { from_left: bool },
+    Reduce {
+        from_left: bool,
+    },
+    /// A [`Step::ReduceFrom`]: the executor passes the bytes of `other` (in the send buffer).
+    ReduceFrom {
+        other: Span,
+        from_left: bool,
+    },
 }
 
 impl Local {
-    /// Applies the step to `to` from `from` (with `kernel` for a reduction).
-    pub fn apply(self, kernel: Option<&dyn crate::ops::Kernel>, from: &[u8], to: &mut [u8]) {
+    /// Applies the step to `to` from `from` (with `kernel` for a reduction, and `other`'s
+    /// bytes for a [`Local::ReduceFrom`]).
+    pub fn apply(
+        self,
+        kernel: Option<&dyn crate::ops::Kernel>,
+        from: &[u8],
+        other: &[u8],
+        to: &mut [u8],
+    ) {
+        let kernel = || kernel.expect("a schedule that reduces runs with a kernel");
         match self {
             Local::Copy => to.copy_from_slice(from),
-            Local::Reduce { from_left } => kernel
-                .expect("a schedule that reduces runs with a kernel")
-                .apply(from, to, from_left),
+            Local::Reduce { from_left } => kernel().apply(from, to, from_left),
+            Local::ReduceFrom { from_left, .. } => kernel().apply_from(from, other, to, from_left),
         }
     }
 }
@@ -212,6 +242,22 @@ impl Builder {
         if from.len > 0 {
             self.sched.steps.push(Step::Reduce {
                 from,
+                into,
+                from_left,
+            });
+        }
+    }
+
+    /// Reduces `from` with `other` (in the send buffer) into `into` (see
+    /// [`Step::ReduceFrom`]).
+    pub fn reduce_from(&mut self, from: Span, other: Span, into: Span, from_left: bool) {
+        debug_assert_eq!(from.len, into.len);
+        debug_assert_eq!(other.len, into.len);
+        debug_assert_eq!(other.buf, Buf::Send);
+        if from.len > 0 {
+            self.sched.steps.push(Step::ReduceFrom {
+                from,
+                other,
                 into,
                 from_left,
             });

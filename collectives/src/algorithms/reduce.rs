@@ -60,10 +60,12 @@ pub fn binomial(
 /// this rank's new rank, `None` if it folded away. Commutative ops only.
 ///
 /// `acc` (same layout as `input`) need not hold anything yet: sends made before anything is
-/// reduced into it take their bytes from `input`, and only the part the first reduction
-/// writes is copied from `input`, in the round that waits for the peer's part. A rank that
-/// folds away copies nothing, the others half of the vector (power-of-two sizes) instead
-/// of all of it; the blocks given away are never needed in `acc`.
+/// reduced into it take their bytes from `input`, and the first reduction writes its part
+/// of `acc` from `input` and the peer's part in one pass ([`Builder::reduce_from`]; when
+/// `input` is not the send buffer, that part is copied first, in the round that waits for
+/// the peer's). A rank that folds away copies nothing, the others touch half of the vector
+/// (power-of-two sizes) instead of all of it; the blocks given away are never needed in
+/// `acc`.
 pub(crate) fn halving(
     b: &mut Builder,
     g: &Group,
@@ -84,9 +86,14 @@ pub(crate) fn halving(
             return None;
         }
         b.recv(g, r - 1, t);
-        b.copy(input, acc);
-        b.round();
-        b.reduce(t, acc, true);
+        if input.buf == Buf::Send {
+            b.round();
+            b.reduce_from(t, input, acc, true);
+        } else {
+            b.copy(input, acc);
+            b.round();
+            b.reduce(t, acc, true);
+        }
         pristine = false;
     }
     let nr = f.newrank(r).expect("odd and upper ranks stay");
@@ -116,11 +123,20 @@ pub(crate) fn halving(
         if ks.len > 0 {
             b.recv(g, f.real(pnr), tk);
         }
-        if pristine {
-            b.copy(input.sub(ks.off - acc.off, ks.len), ks);
+        // The first reduction takes this rank's part straight from the send buffer (one
+        // pass: `ks = tk op input`); from elsewhere it is copied first, while the peer's
+        // part is on its way.
+        let mine = input.sub(ks.off - acc.off, ks.len);
+        let fuse = pristine && input.buf == Buf::Send;
+        if pristine && !fuse {
+            b.copy(mine, ks);
         }
         b.round();
-        b.reduce(tk, ks, pnr < nr);
+        if fuse {
+            b.reduce_from(tk, mine, ks, pnr < nr);
+        } else {
+            b.reduce(tk, ks, pnr < nr);
+        }
         pristine = false;
         (lo, hi) = keep;
         mask >>= 1;
