@@ -99,7 +99,13 @@ pub fn rabenseifner(b: &mut Builder, g: &Group, input: Span, output: Span, elem:
 pub fn ring(b: &mut Builder, g: &Group, input: Span, output: Span, elem: usize) {
     let p = g.size();
     let n = input.len;
-    b.copy(input, output);
+    // Each block of `output` is either reduced once by this rank (from its input block and
+    // the partial sum received) or received whole in the allgather, so with the input in
+    // the send buffer nothing needs copying: the reductions read the input block directly.
+    let direct = input.buf == Buf::Send;
+    if p == 1 || !direct {
+        b.copy(input, output);
+    }
     if p == 1 {
         b.round();
         return;
@@ -113,9 +119,14 @@ pub fn ring(b: &mut Builder, g: &Group, input: Span, output: Span, elem: usize) 
     let t = Span::new(b.tmp(blocks.counts[0]), 0, blocks.counts[0]);
     let (next, prev) = ((r + 1) % p, (r + p - 1) % p);
     let mut pending: Option<Span> = None;
+    let mine = |into: Span| input.sub(into.off - output.off, into.len);
     for s in 0..p - 1 {
         if let Some(into) = pending.take() {
-            b.reduce(t.sub(0, into.len), into, true);
+            if direct {
+                b.reduce_from(t.sub(0, into.len), mine(into), into, true);
+            } else {
+                b.reduce(t.sub(0, into.len), into, true);
+            }
         }
         let give = blk((r + p - s) % p);
         let take = blk((r + 2 * p - s - 1) % p);
@@ -136,7 +147,11 @@ pub fn ring(b: &mut Builder, g: &Group, input: Span, output: Span, elem: usize) 
         pending = Some(take);
     }
     if let Some(into) = pending.take() {
-        b.reduce(t.sub(0, into.len), into, true);
+        if direct {
+            b.reduce_from(t.sub(0, into.len), mine(into), into, true);
+        } else {
+            b.reduce(t.sub(0, into.len), into, true);
+        }
     }
     for s in 0..p - 1 {
         let give = blk((r + 1 + p - s) % p);

@@ -26,7 +26,6 @@ pub fn binomial(
     } else {
         Span::new(b.tmp(n), 0, n)
     };
-    b.copy(input, acc);
     let mut children = Vec::new();
     let mut mask = 1;
     while mask < p && vr & mask == 0 {
@@ -37,17 +36,33 @@ pub fn binomial(
         }
         mask <<= 1;
     }
-    b.round();
-    for t in children {
-        b.reduce(t, acc, false);
+    // With the input in the send buffer, a leaf sends it from there and the first child's
+    // part is combined with it in one pass (`acc = input op child`); otherwise the input is
+    // copied into the accumulator first.
+    let direct = input.buf == Buf::Send;
+    if !direct || (children.is_empty() && vr == 0) {
+        b.copy(input, acc);
     }
+    b.round();
+    for (i, t) in children.iter().enumerate() {
+        if i == 0 && direct {
+            b.reduce_from(*t, input, acc, false);
+        } else {
+            b.reduce(*t, acc, false);
+        }
+    }
+    let result = if children.is_empty() && direct {
+        input
+    } else {
+        acc
+    };
     if vr != 0 {
-        b.send(g, real(vr - lowbit(vr)), acc);
+        b.send(g, real(vr - lowbit(vr)), result);
     }
     b.round();
     if tree_root != root {
         if g.rank == tree_root {
-            b.send(g, root, acc);
+            b.send(g, root, result);
         } else if g.rank == root {
             b.recv(g, tree_root, output);
         }
