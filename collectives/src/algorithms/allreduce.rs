@@ -11,7 +11,14 @@ use crate::topology::Topology;
 pub fn recursive_doubling(b: &mut Builder, g: &Group, input: Span, output: Span) {
     let p = g.size();
     let n = input.len;
-    b.copy(input, output);
+    // With the input in the send buffer, the first exchange sends it from there and the
+    // first reduction combines it with the peer's part in one pass (`ReduceFrom`), so the
+    // input is never copied; otherwise it is copied into `output` first.
+    let mut pristine = input.buf == Buf::Send;
+    if p == 1 || !pristine {
+        b.copy(input, output);
+        pristine = false;
+    }
     if p == 1 {
         b.round();
         return;
@@ -19,9 +26,19 @@ pub fn recursive_doubling(b: &mut Builder, g: &Group, input: Span, output: Span)
     let f = Fold::new(p);
     let r = g.rank;
     let t = Span::new(b.tmp(n), 0, n);
+    // This rank's running result: `input` until the first reduction writes `output`.
+    let current = |pristine: bool| if pristine { input } else { output };
+    let reduce = |b: &mut Builder, pristine: &mut bool, from_left: bool| {
+        if *pristine {
+            b.reduce_from(t, input, output, from_left);
+        } else {
+            b.reduce(t, output, from_left);
+        }
+        *pristine = false;
+    };
     if r < 2 * f.rem {
         if r.is_multiple_of(2) {
-            b.send(g, r + 1, output);
+            b.send(g, r + 1, current(pristine));
             b.round();
             b.recv(g, r + 1, output);
             b.round();
@@ -29,16 +46,16 @@ pub fn recursive_doubling(b: &mut Builder, g: &Group, input: Span, output: Span)
         }
         b.recv(g, r - 1, t);
         b.round();
-        b.reduce(t, output, true);
+        reduce(b, &mut pristine, true);
     }
     let nr = f.newrank(r).expect("odd and upper ranks stay");
     let mut mask = 1;
     while mask < f.pof2 {
         let pnr = nr ^ mask;
-        b.send(g, f.real(pnr), output);
+        b.send(g, f.real(pnr), current(pristine));
         b.recv(g, f.real(pnr), t);
         b.round();
-        b.reduce(t, output, pnr < nr);
+        reduce(b, &mut pristine, pnr < nr);
         mask <<= 1;
     }
     if r < 2 * f.rem {
