@@ -379,7 +379,11 @@ impl Run {
 ///   would each pay one;
 /// - from an idle sender when the round receives nothing ([`Engine::isend_from_idle`]): the
 ///   receiver may ask this rank to help copy it;
-/// - one way otherwise ([`Engine::isend_oneway`]).
+/// - one way otherwise ([`Engine::isend_oneway`]);
+/// - either of the last two as the round's only send ([`Engine::isend_single`]): eager up to
+///   32 KiB. 2-rank bcast, reduce, gather and scatter at 16–32 KiB took 0.36–0.73x the time
+///   of a single-copy read (interleaved, docs/benchmarks.md); reads stay for rounds that
+///   send to several peers, which then copy in parallel.
 pub(crate) fn isend(
     engine: &mut Engine,
     sched: &Schedule,
@@ -394,8 +398,17 @@ pub(crate) fn isend(
         && round
             .iter()
             .any(|s| matches!(s, Step::Recv { peer: q, .. } if *q == peer));
+    let single = || {
+        round
+            .iter()
+            .filter(|s| matches!(s, Step::Send { .. }))
+            .count()
+            == 1
+    };
     if exchange {
         engine.isend_exchange(ctx, dest, tag, data)
+    } else if single() {
+        engine.isend_single(ctx, dest, tag, data, recvs == 0)
     } else if recvs == 0 {
         engine.isend_from_idle(ctx, dest, tag, data)
     } else {

@@ -152,9 +152,10 @@ impl Universe {
                 .filter(|&p| p != rank && fabric.backend_name(p) == "shm")
                 .count();
         // Collective messages go eager up to a whole frame so that ranks sharing cores never
-        // wait on a handshake. With a core per rank, a message sent one way to a
-        // shared-memory peer is read in one copy instead (2 ranks: 32 KiB bcast 6.0 -> 3.6
-        // us); exchanges stay eager (a read there measured slower in allreduce).
+        // wait on a handshake. With a core per rank, a round that sends one way to several
+        // shared-memory peers has them read in one copy each instead, in parallel; a round's
+        // only send, and exchanges, stay eager (`Engine::isend_single`: with one message the
+        // sender's copy costs what a read would, and a read measured slower in allreduce).
         if local <= cores && std::env::var_os("OXMPI_COLL_EAGER_MAX").is_none() {
             for p in (0..size).filter(|&p| p != rank && fabric.backend_name(p) == "shm") {
                 engine.limit_oneway_eager(p, 0);

@@ -140,6 +140,9 @@ enum SendKind {
     OneWay,
     /// A one-way send from a round that receives nothing ([`FLAG_SENDER_IDLE`]).
     FromIdle,
+    /// [`SendKind::OneWay`] or [`SendKind::FromIdle`] (`idle`) as the only send of its
+    /// round: eager up to the exchange limit.
+    Single { idle: bool },
 }
 
 #[derive(Debug)]
@@ -464,6 +467,24 @@ impl Engine {
         self.isend_with(ctx, dest, tag, data, SendMode::Standard, SendKind::FromIdle)
     }
 
+    /// [`isend_oneway`](Self::isend_oneway), or [`isend_from_idle`](Self::isend_from_idle)
+    /// when `idle`, for the only send of its round: eager up to
+    /// [`ProtocolConfig::single_eager_max`] (32 KiB), a remote read above it. With one
+    /// message to copy, the sender's copy into the ring costs about what the receiver's read
+    /// would, and nobody waits for a handshake; the lower one-way limit is for rounds that
+    /// send to several peers, whose reads then copy in parallel.
+    pub fn isend_single(
+        &mut self,
+        ctx: u32,
+        dest: Rank,
+        tag: i32,
+        data: MemRef,
+        idle: bool,
+    ) -> ReqId {
+        let kind = SendKind::Single { idle };
+        self.isend_with(ctx, dest, tag, data, SendMode::Standard, kind)
+    }
+
     fn isend_with(
         &mut self,
         ctx: u32,
@@ -486,6 +507,7 @@ impl Engine {
         let cfg = &self.config[dest as usize];
         let proto = match kind {
             SendKind::Exchange => cfg.select_collective(data.len(), cfg.exchange_eager_max),
+            SendKind::Single { .. } => cfg.select_collective(data.len(), cfg.single_eager_max()),
             SendKind::OneWay | SendKind::FromIdle => {
                 cfg.select_collective(data.len(), cfg.oneway_eager_max)
             }
@@ -505,7 +527,7 @@ impl Engine {
             state: SendState::Queued,
             rreq: 0,
             rkey: None,
-            sender_idle: kind == SendKind::FromIdle,
+            sender_idle: matches!(kind, SendKind::FromIdle | SendKind::Single { idle: true }),
         }));
         if let Some(why) = &self.dead[dest as usize] {
             let why = why.clone();
