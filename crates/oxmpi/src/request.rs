@@ -303,13 +303,7 @@ pub fn wait_some(
     reqs: &mut [Request<'_>],
     done: &mut Vec<(usize, Status)>,
 ) -> Result<usize, Error> {
-    done.clear();
-    let Some(first) = reqs.iter().find(|r| r.active) else {
-        return Ok(0);
-    };
-    let state = first.comm.state.clone();
-    state.wait_until(|e| reqs.iter().any(|r| r.active && r.is_done(e)));
-    collect_done(reqs, done)
+    collect_some(reqs, done, true)
 }
 
 /// One pass of progress, then collects every completed request (`MPI_Testsome`): as
@@ -318,19 +312,29 @@ pub fn test_some(
     reqs: &mut [Request<'_>],
     done: &mut Vec<(usize, Status)>,
 ) -> Result<usize, Error> {
+    collect_some(reqs, done, false)
+}
+
+/// Waits for one active request to complete (`wait`) or makes one pass of progress, then
+/// collects the completed ones into `done`; the first error after all of them.
+fn collect_some(
+    reqs: &mut [Request<'_>],
+    done: &mut Vec<(usize, Status)>,
+    wait: bool,
+) -> Result<usize, Error> {
     done.clear();
     let Some(first) = reqs.iter().find(|r| r.active) else {
         return Ok(0);
     };
-    first.comm.state.progress().pass();
-    collect_done(reqs, done)
-}
-
-/// Collects the completed active requests into `done`; the first error after all of them.
-fn collect_done(reqs: &mut [Request<'_>], done: &mut Vec<(usize, Status)>) -> Result<usize, Error> {
+    let state = first.comm.state.clone();
+    if wait {
+        state.wait_until(|e| reqs.iter().any(|r| r.active && r.is_done(e)));
+    } else {
+        state.progress().pass();
+    }
     let mut err = None;
     for (i, r) in reqs.iter_mut().enumerate() {
-        let finished = r.active && r.is_done(&r.comm.state.progress().engine);
+        let finished = r.active && r.is_done(&state.progress().engine);
         if !finished {
             continue;
         }
