@@ -141,7 +141,7 @@ enum SendKind {
     /// A one-way send from a round that receives nothing ([`FLAG_SENDER_IDLE`]).
     FromIdle,
     /// [`SendKind::OneWay`] or [`SendKind::FromIdle`] (`idle`) as the only send of its
-    /// round: eager up to the exchange limit.
+    /// round: eager up to [`ProtocolConfig::single_eager_max`].
     Single { idle: bool },
 }
 
