@@ -1,7 +1,7 @@
 //! Posted-receive and unexpected-message queues, one pair per communicator context.
 //!
-//! Matching is on (context, source, tag) with [`ANY_SOURCE`](crate::ANY_SOURCE) and
-//! [`ANY_TAG`](crate::ANY_TAG); both queues are searched front to back, so the oldest
+//! Matching is on (context, source, tag) with [`ANY_SOURCE`] and
+//! [`ANY_TAG`]; both queues are searched front to back, so the oldest
 //! candidate wins, which with in-order arrival per sender gives MPI's non-overtaking rule.
 
 use crate::{ReqId, ANY_SOURCE, ANY_TAG};
